@@ -1,0 +1,5 @@
+"""Plotly figures for mi_toolkit results: the only part of the package that imports plotly.
+
+Each submodule draws one area's results (``grokking``, ``patching``, ``sae``); the functions are re-exported here,
+so a notebook reads ``result = mt.something(model, data)`` then ``mt.plot.something(result)``.
+"""

@@ -1,0 +1,130 @@
+"""Modular arithmetic tasks: ``(a op b) mod p`` over all p^2 pairs, as tokens ``[a, b, =]``."""
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from mi_toolkit._tl import HookedTransformer
+from mi_toolkit.fast_forward import final_position_logits
+
+__all__ = ["OPERATIONS", "ModularArithmetic", "last_token_loss"]
+
+OPERATIONS = {
+    "+": lambda a, b, p: (a + b) % p,
+    "-": lambda a, b, p: (a - b) % p,
+    "*": lambda a, b, p: (a * b) % p,
+}
+
+
+def last_token_loss(
+    logits: Float[Tensor, "batch d_vocab_out"], labels: Int[Tensor, " batch"]
+) -> Float[Tensor, ""]:
+    """Cross-entropy of last-position logits, computed in float64 as in Nanda et al. (the loss falls to ~1e-7)."""
+    return F.cross_entropy(logits.to(torch.float64), labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModularArithmetic:
+    """The dataset of ``(a op b) mod p`` with a seeded train/test split.
+
+    Rows are all pairs in row-major order (row ``a * p + b``); the input is ``[a, b, p]`` (token ``p`` is '='),
+    the label ``(a op b) mod p``. It is also a training task for :func:`mi_toolkit.training.train`: full-batch
+    steps over the training rows, loss at the last position only.
+
+    Args:
+        p: the modulus (>= 3; a prime for the Fourier analysis to be exact).
+        op: one of ``"+"``, ``"-"``, ``"*"``.
+        frac_train: fraction of the p^2 pairs in the training set, in (0, 1); ``int(frac_train * p^2)`` rows.
+        seed: seed of the split.
+        device: where the tensors live.
+        train_indices: an explicit training split (row indices), e.g. from a run's ``split.json``; overrides
+            ``frac_train`` and ``seed``.
+
+    >>> task = ModularArithmetic(p=5, frac_train=0.4)
+    >>> task.tokens[7].tolist(), task.labels[7].item(), len(task.train_indices)
+    ([1, 2, 5], 3, 10)
+    """
+
+    p: int = 113
+    op: str = "+"
+    frac_train: float = 0.3
+    seed: int = 0
+    device: str | torch.device = "cpu"
+    train_indices: Sequence[int] | None = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self):
+        if not isinstance(self.p, int) or self.p < 3:
+            raise ValueError(f"p must be an integer >= 3, got {self.p!r}")
+        if self.op not in OPERATIONS:
+            raise ValueError(f"unknown operation {self.op!r}; expected one of {sorted(OPERATIONS)}")
+        if not 0 < self.frac_train < 1:
+            raise ValueError(f"frac_train must lie in (0, 1), got {self.frac_train}")
+        n = self.p * self.p
+        if self.train_indices is None:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+            train = order[: int(self.frac_train * n)].sort().values
+        else:
+            train = torch.as_tensor(list(self.train_indices), dtype=torch.long).unique()
+            if len(train) != len(self.train_indices) or len(train) == 0 or train.min() < 0 or train.max() >= n:
+                raise ValueError(f"train_indices must be distinct row indices in [0, {n})")
+            object.__setattr__(self, "frac_train", len(train) / n)
+        is_train = torch.zeros(n, dtype=torch.bool)
+        is_train[train] = True
+        a = torch.arange(self.p).repeat_interleave(self.p)
+        b = torch.arange(self.p).repeat(self.p)
+        tokens = torch.stack([a, b, torch.full_like(a, self.p)], dim=1)
+        fields = {
+            "tokens": tokens,
+            "labels": OPERATIONS[self.op](a, b, self.p),
+            "train_indices": train,
+            "test_indices": (~is_train).nonzero().squeeze(1),
+        }
+        for name, value in fields.items():
+            object.__setattr__(self, name, value.to(self.device))
+
+    # The frozen fields above are set once; these views are cheap.
+    @property
+    def train_tokens(self) -> Int[Tensor, "n_train 3"]:
+        return self.tokens[self.train_indices]
+
+    @property
+    def test_tokens(self) -> Int[Tensor, "n_test 3"]:
+        return self.tokens[self.test_indices]
+
+    @property
+    def train_labels(self) -> Int[Tensor, " n_train"]:
+        return self.labels[self.train_indices]
+
+    @property
+    def test_labels(self) -> Int[Tensor, " n_test"]:
+        return self.labels[self.test_indices]
+
+    def split_dict(self) -> dict:
+        """``{"p": p, "op": op, "train_indices": [...]}``, the run directory's ``split.json``."""
+        return {"p": self.p, "op": self.op, "train_indices": self.train_indices.tolist()}
+
+    def check_model(self, model: HookedTransformer) -> None:
+        """Raise ``ValueError`` if ``model`` cannot read this task's tokens or predict its labels."""
+        cfg = model.cfg
+        if cfg.d_vocab < self.p + 1 or cfg.d_vocab_out < self.p or cfg.n_ctx < 3:
+            raise ValueError(
+                f"model (d_vocab={cfg.d_vocab}, d_vocab_out={cfg.d_vocab_out}, n_ctx={cfg.n_ctx}) does not fit "
+                f"the task with p={self.p}: needs d_vocab >= {self.p + 1}, d_vocab_out >= {self.p}, n_ctx >= 3"
+            )
+
+    # --- the training-task protocol of mi_toolkit.training ---
+    def train_batch(self, step: int) -> tuple[Tensor, Tensor]:
+        return self.train_tokens, self.train_labels
+
+    def loss(self, model: HookedTransformer, batch: tuple[Tensor, Tensor]) -> Tensor:
+        tokens, labels = batch
+        return last_token_loss(final_position_logits(model, tokens), labels)
+
+    def evaluate(self, model: HookedTransformer) -> dict[str, float]:
+        from mi_toolkit.progress import evaluate_modular  # progress imports this module
+
+        return evaluate_modular(model, self)

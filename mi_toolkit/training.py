@@ -1,0 +1,278 @@
+"""A small general trainer: AdamW with warmup, optional Grokfast filters, metrics, checkpoints and resume.
+
+It knows nothing about any model or task. A task is any object with
+
+- ``train_batch(step) -> batch``: a deterministic function of ``step`` (so a resumed run sees the same data),
+- ``loss(model, batch) -> Tensor``: a scalar,
+- ``evaluate(model) -> dict[str, float]``: metrics, called every ``log_every`` steps under ``torch.no_grad()``.
+
+With a ``run_dir`` the trainer writes ``metrics.jsonl`` (one JSON object per logged step), weight snapshots
+``checkpoints/step_XXXXXXX.safetensors`` and the state needed to resume (``checkpoints/resume.safetensors`` +
+``resume.json``); calling :func:`train` again on the same directory continues from the last checkpoint and ends
+with the same weights as an uninterrupted run.
+"""
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from mi_toolkit.checkpoints import CheckpointError, load_json, load_tensors, save_json, save_tensors
+from mi_toolkit.grokfast import make_filter
+
+__all__ = ["Task", "TrainConfig", "TrainResult", "TrainingDivergedError", "list_checkpoints", "train"]
+
+
+class Task(Protocol):
+    def train_batch(self, step: int) -> Any: ...
+
+    def loss(self, model: nn.Module, batch: Any) -> Tensor: ...
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]: ...
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 10_000
+    """Total optimiser steps (a resumed run continues up to this number)."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 1.0
+    """AdamW's decoupled weight decay, applied to every trainable parameter."""
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = 10
+    """Linear warmup: the learning rate at step s (0-based) is ``lr * min(1, (s + 1) / warmup_steps)``."""
+    grad_filter: str = "none"
+    """``"none"``, ``"ema"`` or ``"ma"``: Grokfast gradient filter (see :mod:`mi_toolkit.grokfast`)."""
+    ema_alpha: float = 0.98
+    ma_window: int = 100
+    filter_lambda: float | None = None
+    """Amplification of the slow gradient; None takes the filter's default (EMA 2.0, MA 5.0)."""
+    grad_clip: float | None = None
+    """Clip the global gradient norm to this value (after the filter); None: no clipping."""
+    log_every: int = 100
+    """Evaluate and record metrics every this many steps (and at step 0 and the last step)."""
+    checkpoint_every: int = 1000
+    """Write a weight snapshot and the resume state every this many steps (and at the last step)."""
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not all(0 <= b < 1 for b in self.betas) or len(self.betas) != 2:
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.warmup_steps < 0 or self.log_every < 1 or self.checkpoint_every < 1:
+            raise ValueError("warmup_steps must be >= 0 and log_every, checkpoint_every >= 1")
+        make_filter(self.grad_filter, ema_alpha=self.ema_alpha, ma_window=self.ma_window)  # validates
+        object.__setattr__(self, "betas", tuple(self.betas))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    history: list[dict]
+    """One record per logged step: ``{"step": s, "lr": ..., "loss": ..., **task.evaluate(model)}``."""
+    final_step: int
+    resumed_from: int | None
+    """The step the run resumed from, or None for a fresh run."""
+    seconds: float
+    """Wall time of this call."""
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """The weight snapshots of a run, as ``[(step, path), ...]`` sorted by step."""
+    found = []
+    for path in (Path(run_dir) / "checkpoints").glob("step_*.safetensors"):
+        found.append((int(path.name.removeprefix("step_").removesuffix(".safetensors")), path))
+    return sorted(found)
+
+
+def train(
+    model: nn.Module,
+    task: Task,
+    config: TrainConfig,
+    run_dir: str | Path | None = None,
+    *,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` on ``task`` in place; resume from ``run_dir`` if it holds a checkpoint.
+
+    Args:
+        model: the model (its parameters with ``requires_grad`` are trained).
+        task: see the module docstring.
+        config: optimiser, filter, logging and checkpoint settings.
+        run_dir: where to write metrics and checkpoints (created if missing); None keeps everything in memory.
+        progress: show a progress bar.
+
+    Returns:
+        The metrics history and where the run started and ended.
+
+    Raises:
+        TrainingDivergedError: the loss became NaN/inf (the last checkpoint in ``run_dir`` stays intact).
+        CheckpointError: ``run_dir`` holds a checkpoint of a different configuration or a corrupt one.
+    """
+    started = time.perf_counter()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    warmup = max(config.warmup_steps, 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    grad_filter = make_filter(
+        config.grad_filter, ema_alpha=config.ema_alpha, ma_window=config.ma_window, lamb=config.filter_lambda
+    )
+    state = _TrainState(model, optimizer, scheduler, grad_filter, config, run_dir)
+    start = state.resume()
+    history = state.history
+
+    def log(step: int, loss: float | None) -> None:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            record = {"step": step, "lr": optimizer.param_groups[0]["lr"], "loss": loss, **task.evaluate(model)}
+        model.train(was_training)
+        history.append(record)
+        state.append_metrics(record)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("loss", "test_loss", "test_acc") and v is not None})
+
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="train", dynamic_ncols=True)
+    try:
+        if start == 0:
+            log(0, None)
+        for step in range(start, config.steps):
+            loss = task.loss(model, task.train_batch(step))
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                last = state.last_checkpoint_step
+                raise TrainingDivergedError(
+                    f"loss became {loss_value} at step {step}; stopping. "
+                    + (f"The last good checkpoint is step {last} in {run_dir}." if last else "No checkpoint written.")
+                    + " Try a lower learning rate or a gradient clip."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_filter is not None:
+                grad_filter(model)
+            if config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            done = step + 1
+            bar.update(1)
+            if done % config.log_every == 0 or done == config.steps:
+                log(done, loss_value)
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                state.save(done)
+    finally:
+        bar.close()
+    return TrainResult(history, config.steps, start or None, time.perf_counter() - started)
+
+
+class _TrainState:
+    """Everything a resumed run needs, and the files that hold it."""
+
+    def __init__(self, model, optimizer, scheduler, grad_filter, config: TrainConfig, run_dir):
+        self.model, self.optimizer, self.scheduler, self.grad_filter = model, optimizer, scheduler, grad_filter
+        self.config = config
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.history: list[dict] = []
+        self.last_checkpoint_step: int | None = None
+        if self.run_dir is not None:
+            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def _resume_files(self) -> tuple[Path, Path]:
+        return self.run_dir / "checkpoints" / "resume.safetensors", self.run_dir / "checkpoints" / "resume.json"
+
+    def resume(self) -> int:
+        """Load the last checkpoint if there is one; return the step to start from."""
+        if self.run_dir is None or not self._resume_files[1].exists():
+            if self.run_dir is not None:
+                (self.run_dir / "metrics.jsonl").write_text("")
+            return 0
+        tensor_path, json_path = self._resume_files
+        meta = load_json(json_path)
+        saved = {k: v for k, v in meta["train_config"].items() if k != "steps"}
+        wanted = {k: v for k, v in json.loads(json.dumps(self.config.to_dict())).items() if k != "steps"}
+        if saved != wanted:
+            diff = {k: (saved.get(k), wanted.get(k)) for k in wanted if saved.get(k) != wanted.get(k)}
+            raise CheckpointError(f"{self.run_dir} was trained with another configuration (saved, now): {diff}")
+        tensors, tensor_meta = load_tensors(tensor_path)
+        step = meta["step"]
+        if tensor_meta.get("step") != str(step):
+            raise CheckpointError(f"{tensor_path} and {json_path} disagree on the step: corrupt checkpoint")
+        model_state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            self.model.load_state_dict(model_state)
+        except RuntimeError as err:
+            raise CheckpointError(f"checkpoint in {self.run_dir} does not fit this model: {err}") from err
+        optim_state = {"state": {}, "param_groups": meta["param_groups"]}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                optim_state["state"].setdefault(int(index), {})[name] = value
+        for group in optim_state["param_groups"]:
+            group["betas"] = tuple(group["betas"])
+        self.optimizer.load_state_dict(optim_state)
+        self.scheduler.load_state_dict(meta["scheduler"])
+        if self.grad_filter is not None:
+            self.grad_filter.load_state_tensors(
+                {k.removeprefix("filter."): v for k, v in tensors.items() if k.startswith("filter.")}
+            )
+        torch.set_rng_state(tensors["rng.cpu"])
+        self.history = [r for r in _read_jsonl(self.run_dir / "metrics.jsonl") if r["step"] <= step]
+        (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        self.last_checkpoint_step = step
+        return step
+
+    def append_metrics(self, record: dict) -> None:
+        if self.run_dir is not None:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def save(self, step: int) -> None:
+        if self.run_dir is None:
+            return
+        model_state = self.model.state_dict()
+        save_tensors(
+            self.run_dir / "checkpoints" / f"step_{step:07d}.safetensors", model_state, metadata={"step": str(step)}
+        )
+        tensors = {f"model.{k}": v for k, v in model_state.items()}
+        optim = self.optimizer.state_dict()
+        for index, entry in optim["state"].items():
+            for name, value in entry.items():
+                tensors[f"optim.{index}.{name}"] = torch.as_tensor(value)
+        if self.grad_filter is not None:
+            tensors.update({f"filter.{k}": v for k, v in self.grad_filter.state_tensors().items()})
+        tensors["rng.cpu"] = torch.get_rng_state()
+        tensor_path, json_path = self._resume_files
+        save_tensors(tensor_path, tensors, metadata={"step": str(step)})
+        save_json(
+            json_path,
+            {
+                "step": step,
+                "train_config": self.config.to_dict(),
+                "param_groups": optim["param_groups"],
+                "scheduler": self.scheduler.state_dict(),
+            },
+        )
+        self.last_checkpoint_step = step
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
