@@ -4,7 +4,7 @@ import dataclasses
 
 import torch
 
-from mi_toolkit._tl import HookedTransformer, HookedTransformerConfig
+from mi_toolkit._tl import HookedTransformer, HookedTransformerConfig, quiet_construction
 
 __all__ = ["build_model", "grokking_model_config", "make_grokking_model", "model_config_dict",
            "model_config_from_dict"]
@@ -35,7 +35,7 @@ def build_model(
     if isinstance(cfg, dict):
         cfg = HookedTransformerConfig(**cfg)
     cfg = dataclasses.replace(cfg, seed=None, device="cpu")
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), quiet_construction():
         torch.manual_seed(seed)
         model = HookedTransformer(cfg, move_to_device=False)
     if freeze_biases:

@@ -17,7 +17,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,7 @@ from mi_toolkit.grokfast import make_filter
 __all__ = ["Task", "TrainConfig", "TrainResult", "TrainingDivergedError", "list_checkpoints", "train"]
 
 
+@runtime_checkable
 class Task(Protocol):
     def train_batch(self, step: int) -> Any: ...
 

@@ -3,3 +3,12 @@
 Each submodule draws one area's results (``grokking``, ``patching``, ``sae``); the functions are re-exported here,
 so a notebook reads ``result = mt.something(model, data)`` then ``mt.plot.something(result)``.
 """
+
+from mi_toolkit.plot.grokking import (
+    embedding_fourier_norms,
+    logit_fraction_explained,
+    loss_curves,
+    neuron_clusters,
+    neuron_heatmaps,
+    progress_measures,
+)

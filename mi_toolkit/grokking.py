@@ -1,0 +1,203 @@
+"""The grokking replication end to end: train, measure, analyse, write a run directory and a report.
+
+Run directory (stable format)::
+
+    config.json        model config, task (p, op, frac_train, seed), training config, recipe, seed
+    split.json         {"p": p, "op": op, "train_indices": [...]}  (rows a * p + b of the row-major pair list)
+    model.safetensors  final HookedTransformer state dict
+    checkpoints/       step_XXXXXXX.safetensors weight snapshots; resume.safetensors + resume.json
+    metrics.jsonl      one JSON object per logged step: step, train_loss, test_loss, train_acc, test_acc,
+                       restricted_loss, excluded_loss, excluded_loss_per_freq, gini_embed, gini_unembed,
+                       weight_norm, lr, loss
+    analysis.json      key frequencies, neuron clusters, logit fit, final measures, phases, timings
+    report.html        self-contained plotly report
+"""
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from mi_toolkit._tl import HookedTransformer
+from mi_toolkit.checkpoints import CheckpointError, load_json, load_tensors, save_json, save_tensors
+from mi_toolkit.fourier import key_frequencies, logit_decomposition, neuron_clusters
+from mi_toolkit.models import build_model, grokking_model_config, model_config_dict, model_config_from_dict
+from mi_toolkit.progress import estimate_phases, evaluate_checkpoints, excluded_loss, restricted_loss
+from mi_toolkit.tasks import ModularArithmetic
+from mi_toolkit.training import TrainConfig, train
+
+__all__ = ["RECIPES", "GrokkingConfig", "Run", "analyse", "load_run", "run_grokking"]
+
+RECIPES: dict[str, dict] = {
+    # Nanda et al.: full-batch AdamW, lr 1e-3, wd 1, betas (0.9, 0.98), 10 warmup steps, 40k epochs.
+    "paper": dict(steps=40_000, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10, grad_filter="none"),
+    # Chosen by measurement on 2 CPU cores (see README, "Choosing the fast recipe").
+    "fast": dict(steps=3_000, lr=3e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10, grad_filter="ema"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GrokkingConfig:
+    p: int = 113
+    """Modulus."""
+    op: str = "+"
+    frac_train: float = 0.3
+    seed: int = 0
+    """Fixes both the train/test split and the weight initialisation."""
+    recipe: str = "fast"
+    """``"fast"`` (groks in about a minute on 2 CPU cores) or ``"paper"`` (Nanda et al.'s exact settings)."""
+    steps: int | None = None
+    """Override the recipe's number of steps."""
+    grad_filter: str | None = None
+    """Override the recipe's Grokfast filter: ``"none"``, ``"ema"`` or ``"ma"``."""
+    log_every: int = 100
+    checkpoint_every: int = 100
+    """Weight snapshots for the progress measures (and resume points)."""
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; expected one of {sorted(RECIPES)}")
+        ModularArithmetic(p=self.p, op=self.op, frac_train=self.frac_train)  # validates p, op, frac_train
+        self.train_config()  # validates the training settings
+
+    def train_config(self) -> TrainConfig:
+        settings = dict(RECIPES[self.recipe])
+        if self.steps is not None:
+            settings["steps"] = self.steps
+        if self.grad_filter is not None:
+            settings["grad_filter"] = self.grad_filter
+        return TrainConfig(**settings, log_every=self.log_every, checkpoint_every=self.checkpoint_every)
+
+
+@dataclasses.dataclass
+class Run:
+    """A grokking run loaded from its directory."""
+
+    path: Path
+    model: HookedTransformer
+    task: ModularArithmetic
+    history: list[dict]
+    config: dict
+    analysis: dict
+
+
+def run_grokking(out_dir: str | Path, config: GrokkingConfig = GrokkingConfig(), *, progress: bool = True,
+                 report: bool = True) -> Run:
+    """Train the modular-arithmetic transformer, measure its progress and write the run directory.
+
+    A directory holding an interrupted run of the same config resumes from its last checkpoint; any other
+    non-empty directory is refused before work starts.
+
+    Returns:
+        The finished run, as :func:`load_run` would return it.
+    """
+    out = Path(out_dir)
+    record = _config_record(config)
+    _check_out_dir(out, record)
+    out.mkdir(parents=True, exist_ok=True)
+    task = ModularArithmetic(p=config.p, op=config.op, frac_train=config.frac_train, seed=config.seed,
+                             device=config.device)
+    save_json(out / "config.json", record)
+    save_json(out / "split.json", task.split_dict())
+    model = build_model(model_config_from_dict(record["model"]), seed=config.seed, device=config.device,
+                        freeze_biases=True)
+    started = time.perf_counter()
+    result = train(model, task, config.train_config(), out, progress=progress)
+    train_seconds = time.perf_counter() - started
+    save_tensors(out / "model.safetensors", model.state_dict())
+    started = time.perf_counter()
+    history, analysis = analyse(model, task, result.history, out)
+    analysis["seconds"] = {"train_this_call": round(train_seconds, 2),
+                           "analysis": round(time.perf_counter() - started, 2)}
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    if report:
+        from mi_toolkit.report import write_grokking_report  # plotly is only needed for the report
+
+        started = time.perf_counter()
+        write_grokking_report(out / "report.html", model, task, history, analysis)
+        analysis["seconds"]["report"] = round(time.perf_counter() - started, 2)
+    save_json(out / "analysis.json", analysis)
+    return Run(out, model, task, history, record, analysis)
+
+
+def analyse(model: HookedTransformer, task: ModularArithmetic, history: list[dict], run_dir=None):
+    """Key frequencies and the Fourier-algorithm checks on the final model; progress measures over checkpoints.
+
+    Returns:
+        ``(history, analysis)``: the history with ``restricted_loss``, ``excluded_loss`` and
+        ``excluded_loss_per_freq`` merged in at the checkpointed steps, and a JSON-safe summary.
+    """
+    freqs = key_frequencies(model, task)
+    clusters = neuron_clusters(model, task)
+    logits = logit_decomposition(model, task, freqs)
+    if run_dir is not None:
+        by_step = {r["step"]: r for r in evaluate_checkpoints(model, task, run_dir, freqs)}
+        history = [{**r, **by_step.get(r["step"], {})} for r in history]
+    phases = estimate_phases(history)
+    analysis = {
+        "key_frequencies": freqs,
+        "neuron_cluster_sizes": {str(k): v for k, v in clusters.cluster_sizes().items()},
+        "fraction_neurons_single_frequency": clusters.fraction_single_frequency(0.85),
+        "logit_fraction_explained": logits.fraction_explained,
+        "logit_coefficients": {str(k): float(a) for k, a in zip(freqs, logits.coefficients)},
+        "restricted_loss": restricted_loss(model, task, freqs),
+        "excluded_loss": excluded_loss(model, task, freqs),
+        "final": {k: history[-1][k] for k in ("step", "train_loss", "test_loss", "train_acc", "test_acc")},
+        "grokked_at_step": next((r["step"] for r in history if r["test_acc"] >= 0.99), None),
+        "phases": dataclasses.asdict(phases),
+    }
+    return history, analysis
+
+
+def load_run(path: str | Path, device: str = "cpu") -> Run:
+    """Load a run directory written by :func:`run_grokking` (or ``mi-toolkit grokking``).
+
+    Returns:
+        A :class:`Run` with ``.model`` (final weights, eval mode), ``.task`` (its exact split), ``.history``.
+    """
+    path = Path(path)
+    record = load_json(path / "config.json")
+    split = load_json(path / "split.json")
+    task = ModularArithmetic(p=split["p"], op=split.get("op", "+"), train_indices=split["train_indices"],
+                             device=device)
+    model = build_model(model_config_from_dict(record["model"]), device=device, freeze_biases=True)
+    state, _ = load_tensors(path / "model.safetensors", device=device)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path / 'model.safetensors'} does not fit the model in config.json: {err}") from err
+    model.eval()
+    metrics = path / "metrics.jsonl"
+    history = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else []
+    analysis = load_json(path / "analysis.json") if (path / "analysis.json").exists() else {}
+    return Run(path, model, task, history, record, analysis)
+
+
+def _config_record(config: GrokkingConfig) -> dict:
+    return {
+        "kind": "grokking",
+        "task": {"name": "modular_arithmetic", "p": config.p, "op": config.op, "frac_train": config.frac_train},
+        "seed": config.seed,
+        "recipe": config.recipe,
+        "model": model_config_dict(grokking_model_config(config.p)),
+        "train": config.train_config().to_dict(),
+        "grokking_config": dataclasses.asdict(config),
+    }
+
+
+def _check_out_dir(out: Path, record: dict) -> None:
+    if not out.exists() or not any(out.iterdir()):
+        return
+    resumable = (out / "config.json").exists() and (out / "checkpoints" / "resume.json").exists()
+    if not resumable:
+        raise FileExistsError(
+            f"{out} is not empty and holds no resumable run; choose a new --out directory or empty this one"
+        )
+    saved = load_json(out / "config.json")
+    mine = json.loads(json.dumps(record))
+    for part in ("task", "seed", "recipe", "model"):
+        if saved.get(part) != mine[part]:
+            raise FileExistsError(f"{out} holds a run with a different {part}: {saved.get(part)} (now {mine[part]})")
