@@ -7,7 +7,7 @@ import torch
 from mi_toolkit._tl import HookedTransformer, HookedTransformerConfig, quiet_construction
 
 __all__ = ["build_model", "grokking_model_config", "make_grokking_model", "model_config_dict",
-           "model_config_from_dict"]
+           "model_config_from_dict", "load_pretrained"]
 
 
 def build_model(
@@ -103,3 +103,46 @@ def model_config_from_dict(fields: dict) -> HookedTransformerConfig:
     fields = dict(fields)
     fields["dtype"] = getattr(torch, fields.get("dtype", "float32"))
     return HookedTransformerConfig(**fields)
+
+
+def load_pretrained(
+    name_or_path: str,
+    *,
+    device: str | torch.device = "cpu",
+    hf_model=None,
+    fold_ln: bool = True,
+    center_writing_weights: bool = True,
+    center_unembed: bool = True,
+) -> HookedTransformer:
+    """Load a pretrained causal LM (GPT-2 and the other architectures TransformerLens converts) as a HookedTransformer.
+
+    A local directory written by ``transformers``' ``save_pretrained`` (or an already loaded ``hf_model`` with
+    that directory's config) is converted without any network access; an official name such as ``"gpt2"`` goes
+    through ``HookedTransformer.from_pretrained``, which downloads from the Hugging Face hub.
+
+    Args:
+        name_or_path: a local model directory, or an official model name.
+        device: where the model lives.
+        hf_model: an already loaded Hugging Face model for ``name_or_path`` (skips loading its weights again).
+        fold_ln, center_writing_weights, center_unembed: TransformerLens's weight processing (log-probs unchanged).
+    """
+    from pathlib import Path
+
+    processing = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed)
+    if not Path(name_or_path).is_dir():
+        with quiet_construction():
+            return HookedTransformer.from_pretrained(name_or_path, device=device, hf_model=hf_model, **processing)
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config, get_pretrained_state_dict
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = get_pretrained_model_config(str(name_or_path), fold_ln=fold_ln, device="cpu")
+    if hf_model is None:
+        hf_model = AutoModelForCausalLM.from_pretrained(str(name_or_path))
+    state = get_pretrained_state_dict(str(name_or_path), cfg, hf_model=hf_model)
+    has_tokenizer = any((Path(name_or_path) / f).exists() for f in ("tokenizer.json", "vocab.json", "tokenizer.model"))
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path)) if has_tokenizer else None
+    with quiet_construction():
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(state, **processing)
+    model.cfg.device = str(device)
+    return torch.nn.Module.to(model, device).eval()
