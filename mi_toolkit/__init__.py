@@ -16,7 +16,19 @@ from mi_toolkit.tasks import ModularArithmetic
 from mi_toolkit.training import TrainConfig, train
 
 # --- patching, ablations, attribution, induction (issue 3) ---
+from mi_toolkit import ablation, attribution, induction, metrics, patching
+from mi_toolkit._tl import get_act_name  # hook names, for the ablation hook factories
+from mi_toolkit.ablation import ablate_heads, ablate_layer, ablate_neurons, ablate_subspace, ablation_effect
+from mi_toolkit.attribution import head_attribution, layer_attribution, logit_lens, neuron_attribution
+from mi_toolkit.induction import InductionTask, make_induction_model, model_head_scores, train_induction_model
+from mi_toolkit.patching import activation_patch, attribution_patch, attribution_patch_every, compare_patching
 
 # --- superposition and SAEs (issue 4) ---
+from mi_toolkit import ground_truth, sae, sae_eval, steering, superposition
+from mi_toolkit.ground_truth import GroundTruth, mmcs
+from mi_toolkit.sae import SAE, ActivationStream, SAEConfig, collect_activations, train_sae
+from mi_toolkit.sae_eval import ce_loss_recovered, decoder_spread, density_histogram, evaluate_sae, max_activating
+from mi_toolkit.steering import add_direction, clamp_feature, scale_feature, splice_sae
+from mi_toolkit.superposition import ToyModel, ToyModelConfig, superposition_metrics, train_toy_model
 
 __version__ = "0.1.0"

@@ -34,7 +34,7 @@ RECIPES: dict[str, dict] = {
     # Nanda et al.: full-batch AdamW, lr 1e-3, wd 1, betas (0.9, 0.98), 10 warmup steps, 40k epochs.
     "paper": dict(steps=40_000, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10, grad_filter="none"),
     # Chosen by measurement on 2 CPU cores (see README, "Choosing the fast recipe").
-    "fast": dict(steps=3_000, lr=3e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10, grad_filter="ema"),
+    "fast": dict(steps=1_500, lr=3e-3, weight_decay=1.5, betas=(0.9, 0.98), warmup_steps=10, grad_filter="ema"),
 }
 
 
@@ -47,7 +47,7 @@ class GrokkingConfig:
     seed: int = 0
     """Fixes both the train/test split and the weight initialisation."""
     recipe: str = "fast"
-    """``"fast"`` (groks in about a minute on 2 CPU cores) or ``"paper"`` (Nanda et al.'s exact settings)."""
+    """``"fast"`` (groks and finishes in under 1.5 minutes on 2 CPU cores) or ``"paper"`` (Nanda et al.'s exact settings)."""
     steps: int | None = None
     """Override the recipe's number of steps."""
     grad_filter: str | None = None

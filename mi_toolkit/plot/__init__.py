@@ -12,3 +12,6 @@ from mi_toolkit.plot.grokking import (
     neuron_heatmaps,
     progress_measures,
 )
+from mi_toolkit.plot.patching import attention_patterns, attribution_vs_activation, patching_heatmap
+from mi_toolkit.plot.sae import feature_activations, feature_density
+from mi_toolkit.plot.superposition import features_vs_sparsity, superposition_geometry

@@ -1,0 +1,165 @@
+"""Patching metrics: factories that return ``metric(logits) -> scalar`` ready for :mod:`mi_toolkit.patching`.
+
+Every metric is differentiable (attribution patching takes its gradient) and averages over the batch, so it gives
+the same number for one batch however many patched copies are run beside it.
+
+>>> logits = torch.zeros(2, 3, 5); logits[:, -1, 1] = 2.0
+>>> logit_diff(torch.tensor([1, 1]), torch.tensor([0, 0]))(logits)
+tensor(2.)
+"""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+__all__ = ["answer_loss", "kl_to_clean", "logit_diff", "loss", "normalized", "normalized_logit_diff", "probability"]
+
+Logits = Float[Tensor, "batch pos d_vocab_out"]
+Metric = Callable[[Logits], Float[Tensor, ""]]
+Positions = int | slice | Int[Tensor, " n"] | list[int]
+"""Which positions a metric reads: an index (default -1, the last), a slice, or a list/tensor of indices."""
+
+
+def _as_batch(tokens: int | Int[Tensor, ""] | Int[Tensor, " batch"]) -> Tensor:
+    return torch.as_tensor(tokens).long().reshape(-1)
+
+
+def logit_diff(
+    correct: int | Int[Tensor, " batch"], incorrect: int | Int[Tensor, " batch"], pos: int = -1
+) -> Metric:
+    """Mean over the batch of ``logits[pos, correct] - logits[pos, incorrect]``.
+
+    Args:
+        correct: the answer token, one per sequence (or one for all).
+        incorrect: the competing token, one per sequence (or one for all).
+        pos: the position whose logits are read.
+
+    Returns:
+        ``metric(logits) -> scalar``.
+    """
+    correct, incorrect = _as_batch(correct), _as_batch(incorrect)
+
+    def metric(logits: Logits) -> Float[Tensor, ""]:
+        last = logits[:, pos]  # (batch, d_vocab_out)
+        rows = torch.arange(len(last), device=last.device)
+        good = last[rows, correct.to(last.device).expand(len(last))]
+        bad = last[rows, incorrect.to(last.device).expand(len(last))]
+        return (good - bad).mean()
+
+    return metric
+
+
+def probability(tokens: int | Int[Tensor, " batch"], pos: int = -1) -> Metric:
+    """Mean over the batch of the softmax probability of ``tokens`` at ``pos``.
+
+    Args:
+        tokens: the token whose probability is read, one per sequence (or one for all).
+        pos: the position whose logits are read.
+    """
+    tokens = _as_batch(tokens)
+
+    def metric(logits: Logits) -> Float[Tensor, ""]:
+        probs = logits[:, pos].softmax(-1)
+        rows = torch.arange(len(probs), device=probs.device)
+        return probs[rows, tokens.to(probs.device).expand(len(probs))].mean()
+
+    return metric
+
+
+def loss(tokens: Int[Tensor, "batch pos"], positions: Positions | None = None) -> Metric:
+    """Next-token cross-entropy: logits at position i predict ``tokens[:, i + 1]``.
+
+    Args:
+        tokens: the sequences whose continuation is scored (usually the clean input).
+        positions: the predicting positions to average over (in ``0 .. pos - 2``); default all.
+
+    Returns:
+        ``metric(logits) -> mean loss`` over the batch and the chosen positions.
+    """
+    tokens = tokens.long()
+    n_pos = tokens.shape[1]
+    chosen = torch.arange(n_pos - 1)
+    if positions is not None:
+        chosen = chosen[positions].reshape(-1)
+
+    def metric(logits: Logits) -> Float[Tensor, ""]:
+        where = chosen.to(logits.device)
+        predicted = logits[:, where]  # (batch, n, d_vocab_out)
+        labels = tokens.to(logits.device)[:, where + 1]
+        return F.cross_entropy(predicted.flatten(0, 1), labels.flatten())
+
+    return metric
+
+
+def answer_loss(answers: int | Int[Tensor, " batch"], pos: int = -1) -> Metric:
+    """Cross-entropy of the answer token at one position (e.g. ``(a + b) mod p`` at the '=' token).
+
+    Args:
+        answers: the correct token, one per sequence (or one for all).
+        pos: the position whose logits are scored.
+    """
+    answers = _as_batch(answers)
+
+    def metric(logits: Logits) -> Float[Tensor, ""]:
+        last = logits[:, pos]
+        return F.cross_entropy(last, answers.to(last.device).expand(len(last)))
+
+    return metric
+
+
+def kl_to_clean(clean_logits: Logits, pos: Positions | None = -1) -> Metric:
+    """KL(clean || patched) of the next-token distributions, summed over the vocabulary, averaged over the rest.
+
+    Args:
+        clean_logits: logits of the clean run.
+        pos: positions compared (default the last; None: all).
+    """
+    where = slice(None) if pos is None else pos
+    clean_log_probs = clean_logits.detach()[:, where].log_softmax(-1)
+
+    def metric(logits: Logits) -> Float[Tensor, ""]:
+        log_probs = logits[:, where].log_softmax(-1)
+        reference = clean_log_probs.to(log_probs.device)
+        return (reference.exp() * (reference - log_probs)).sum(-1).mean()
+
+    return metric
+
+
+def normalized(metric: Metric, clean_logits: Logits, corrupted_logits: Logits) -> Metric:
+    """Rescale ``metric`` so that the clean run scores 1 and the corrupted run 0.
+
+    Args:
+        metric: any metric.
+        clean_logits: logits of the clean run.
+        corrupted_logits: logits of the corrupted run.
+
+    Returns:
+        ``(metric(x) - metric(corrupted)) / (metric(clean) - metric(corrupted))``.
+
+    Raises:
+        ValueError: the metric does not tell the clean and corrupted runs apart.
+    """
+    with torch.no_grad():
+        clean = metric(clean_logits).item()
+        corrupted = metric(corrupted_logits).item()
+    if clean == corrupted:
+        raise ValueError(f"the metric is {clean} on both the clean and the corrupted run; cannot normalise")
+
+    def rescaled(logits: Logits) -> Float[Tensor, ""]:
+        return (metric(logits) - corrupted) / (clean - corrupted)
+
+    return rescaled
+
+
+def normalized_logit_diff(
+    correct: int | Int[Tensor, " batch"],
+    incorrect: int | Int[Tensor, " batch"],
+    clean_logits: Logits,
+    corrupted_logits: Logits,
+    pos: int = -1,
+) -> Metric:
+    """:func:`logit_diff` rescaled so that clean = 1 and corrupted = 0 (see :func:`normalized`)."""
+    return normalized(logit_diff(correct, incorrect, pos), clean_logits, corrupted_logits)

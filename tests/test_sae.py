@@ -1,0 +1,267 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mi_toolkit.checkpoints import CheckpointError
+from mi_toolkit.ground_truth import GroundTruth, mmcs
+from mi_toolkit.models import make_grokking_model
+from mi_toolkit.sae import SAE, ActivationStream, SAEConfig, _resample_dead, collect_activations, train_sae
+from mi_toolkit.sae_eval import (
+    ce_loss_recovered,
+    decoder_spread,
+    density_histogram,
+    evaluate_sae,
+    max_activating,
+)
+from mi_toolkit.tasks import last_token_loss
+
+HOOK = "blocks.0.mlp.hook_post"
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A small modular-addition transformer fitted to its full token grid (p = 11), so that its MLP matters."""
+    model = make_grokking_model(p=11, d_model=32, d_head=8, n_heads=4, d_mlp=48, seed=0)
+    a, b = torch.meshgrid(torch.arange(11), torch.arange(11), indexing="ij")
+    tokens = torch.stack([a.flatten(), b.flatten(), torch.full((121,), 11)], dim=1)
+    labels = (a + b).flatten() % 11
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(100):
+        loss = last_token_loss(model(tokens)[:, -1], labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert loss.item() < 0.5
+    return model.eval(), tokens, labels
+
+
+@pytest.fixture(scope="module")
+def ground_truth():
+    data = GroundTruth(n_features=64, d=32, feature_probability=0.05, seed=1)
+    return data, data.sample(30_000)
+
+
+def identity_sae(d: int) -> SAE:
+    """ReLU(x) - ReLU(-x) = x: an SAE with exact reconstruction."""
+    sae = SAE(SAEConfig(d_in=d, d_sae=2 * d))
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["topk", "relu"])
+def test_recovers_ground_truth_features(ground_truth, kind):
+    data, x = ground_truth
+    cfg = SAEConfig(d_in=32, d_sae=128, activation=kind, k=6, l1_coefficient=1.0, lr=1e-2, batch_size=512,
+                    steps=600, seed=0)
+    sae = train_sae(x, cfg, progress=False)
+    # MMCS computed here from its definition, not with the library's mmcs().
+    cos = F.normalize(data.features, dim=-1) @ F.normalize(sae.W_dec.detach(), dim=-1).T
+    assert cos.max(dim=1).values.mean() >= 0.95
+    assert mmcs(sae.W_dec, data.features) == pytest.approx(cos.max(dim=1).values.mean().item(), abs=1e-6)
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(128))  # unit-norm decoder
+
+
+def test_ground_truth_sparsity_and_correlation():
+    independent = GroundTruth(50, 20, feature_probability=0.1, seed=0)
+    correlated = GroundTruth(50, 20, feature_probability=0.1, correlation=0.8, seed=0)
+    c_ind, c_cor = (g.coefficients(40_000) for g in (independent, correlated))
+    for c in (c_ind, c_cor):  # each feature keeps its firing rate
+        assert (c > 0).float().mean().item() == pytest.approx(0.1, abs=0.01)
+        assert c.min() >= 0
+    torch.testing.assert_close(independent.features.norm(dim=-1), torch.ones(50))
+
+    def mean_abs_corr(c):
+        r = torch.corrcoef((c > 0).float().T)
+        return (r - torch.eye(50)).abs().sum() / (50 * 49)
+
+    assert mean_abs_corr(c_cor) > 3 * mean_abs_corr(c_ind)
+
+
+def test_identity_sae_splices_in_at_the_clean_loss(tiny_model):
+    model, tokens, labels = tiny_model
+    sae = identity_sae(model.cfg.d_mlp)
+
+    def loss_fn(logits):
+        return last_token_loss(logits[:, -1], labels)
+
+    result = ce_loss_recovered(model, sae, HOOK, tokens, positions=-1, loss_fn=loss_fn)
+    with torch.no_grad():
+        clean = last_token_loss(model(tokens)[:, -1], labels).item()
+
+        def zero_last(act, hook):
+            act = act.clone()
+            act[:, -1] = 0
+            return act
+
+        zero = last_token_loss(model.run_with_hooks(tokens, fwd_hooks=[(HOOK, zero_last)])[:, -1], labels).item()
+    assert result.clean == pytest.approx(clean, abs=1e-9)
+    assert result.sae == pytest.approx(clean, abs=1e-6)
+    assert result.zero_ablated == pytest.approx(zero, abs=1e-9)
+    assert result.zero_ablated != pytest.approx(clean, abs=1e-3)
+    assert result.recovered_vs_zero == pytest.approx(1.0, abs=1e-4)
+    assert result.recovered_vs_mean == pytest.approx(1.0, abs=1e-3)
+
+
+def test_identity_sae_splice_with_default_language_model_loss(tiny_model):
+    model, tokens, _ = tiny_model
+    tokens = tokens[:, :2]  # next-token loss needs targets inside d_vocab_out, so leave out '='
+    result = ce_loss_recovered(model, identity_sae(model.cfg.d_model), "blocks.0.hook_resid_mid", tokens)
+    with torch.no_grad():
+        assert result.sae == pytest.approx(model(tokens, return_type="loss").item(), abs=1e-5)
+
+
+def test_train_from_model_stream_and_evaluate(tiny_model):
+    model, tokens, labels = tiny_model
+    cfg = SAEConfig(d_in=48, d_sae=96, activation="topk", k=8, batch_size=64, buffer_size=128, steps=150,
+                    resample_every=50)
+    # buffer_size < 121 activations: exercises the refill path of the buffer.
+    sae = train_sae((model, HOOK, tokens, -1), cfg, progress=False)
+    acts = collect_activations(model, HOOK, tokens, positions=-1)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    torch.testing.assert_close(acts, cache[HOOK][:, -1])
+    metrics = evaluate_sae(sae, acts)
+    with torch.no_grad():
+        f = sae.encode(acts)
+        x_hat = sae(acts)
+    assert metrics.l0 == pytest.approx((f > 0).sum(-1).float().mean().item(), rel=1e-5)
+    assert metrics.l0 <= 8
+    ev = 1 - ((acts - x_hat) ** 2).sum() / ((acts - acts.mean(0)) ** 2).sum()
+    assert metrics.explained_variance == pytest.approx(ev.item(), abs=1e-4)
+    assert metrics.explained_variance > 0.5
+    assert metrics.n_dead == int(((f > 0).sum(0) == 0).sum())
+    hist = density_histogram(metrics.density)
+    assert hist.counts.sum().item() + hist.n_dead == 96
+
+
+def test_normalisation_is_folded_into_the_biases(ground_truth):
+    _, x = ground_truth
+    cfg = SAEConfig(d_in=32, d_sae=64, activation="topk", k=6, steps=100, batch_size=256)
+    small, large = train_sae(x, cfg, progress=False), train_sae(x * 1000, cfg, progress=False)
+    # Normalised training sees the same data either way, so the SAEs agree up to the scale.
+    torch.testing.assert_close(large.W_dec, small.W_dec, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(large(x[:100] * 1000) / 1000, small(x[:100]), atol=1e-3, rtol=1e-3)
+    assert evaluate_sae(large, x * 1000).explained_variance > 0.5
+
+
+def test_training_is_seeded(ground_truth):
+    _, x = ground_truth
+    cfg = SAEConfig(d_in=32, d_sae=64, steps=30, batch_size=256)
+    a, b = train_sae(x, cfg, progress=False), train_sae(x, cfg, progress=False)
+    c = train_sae(x, dataclasses.replace(cfg, seed=1), progress=False)
+    assert torch.equal(a.W_enc, b.W_enc) and not torch.equal(a.W_enc, c.W_enc)
+
+
+def test_dead_features_are_resampled(ground_truth):
+    _, x = ground_truth
+    sae = SAE(SAEConfig(d_in=32, d_sae=64))
+    with torch.no_grad():  # a very negative encoder bias kills half the features
+        sae.b_enc[32:] = -1e6
+    live_before = sae.W_enc[:, :32].clone()
+    assert (sae.encode(x[:256])[:, 32:] == 0).all()
+    optimiser = torch.optim.Adam(sae.parameters())
+    dead = torch.arange(64) >= 32
+    _resample_dead(sae, optimiser, dead, x[:256], torch.Generator().manual_seed(0))
+    assert (sae.b_enc[32:] == 0).all() and (sae.encode(x[:256])[:, 32:] > 0).any()
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(64))
+    assert torch.equal(sae.W_enc[:, :32], live_before)  # live features untouched
+
+
+def test_max_activating_matches_brute_force(tiny_model):
+    model, tokens, _ = tiny_model
+    cfg = SAEConfig(d_in=48, d_sae=32, steps=0)
+    sae = SAE(cfg)
+    result = max_activating(model, sae, HOOK, tokens, k=3, batch_size=50)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+        f = sae.encode(cache[HOOK])  # (batch, pos, d_sae)
+    flat = f.reshape(-1, 32).T  # (d_sae, batch * pos)
+    top = flat.topk(3, dim=1)
+    torch.testing.assert_close(result.values, top.values)
+    for i in range(32):
+        for j in range(3):
+            assert f[result.sequence[i, j], result.position[i, j], i] == result.values[i, j]
+    last = max_activating(model, sae, HOOK, tokens, k=2, positions=-1)
+    assert (last.position == 2).all()
+    torch.testing.assert_close(last.values, f[:, -1].T.topk(2, dim=1).values)
+
+
+def test_decoder_spread_on_known_directions():
+    sae = SAE(SAEConfig(d_in=4, d_sae=3))
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.tensor([[1.0, 0, 0, 0], [0.5, 0.5, 0.5, 0.5], [0.8, 0.6, 0, 0]]))
+    spread = decoder_spread(sae, fraction=0.9)
+    torch.testing.assert_close(spread.participation_ratio, torch.tensor([1.0, 4.0, 1 / (0.64**2 + 0.36**2)]))
+    assert spread.n_for_fraction.tolist() == [1, 4, 2]
+
+
+def test_save_load_round_trip(tmp_path, ground_truth):
+    _, x = ground_truth
+    sae = train_sae(x, SAEConfig(d_in=32, d_sae=48, activation="topk", k=4, steps=20, batch_size=128),
+                    progress=False)
+    sae.save(tmp_path / "sae")
+    loaded = SAE.load(tmp_path / "sae")
+    assert loaded.cfg == sae.cfg
+    for name, p in sae.named_parameters():
+        assert torch.equal(p, getattr(loaded, name)), name
+    assert torch.equal(loaded(x[:10]), sae(x[:10]))
+
+
+def test_load_errors(tmp_path):
+    sae = SAE(SAEConfig(d_in=8, d_sae=16))
+    path = sae.save(tmp_path / "ok")
+    with pytest.raises(CheckpointError, match="not found"):
+        SAE.load(tmp_path / "missing")
+    (path / "sae.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        SAE.load(path)
+    path = sae.save(tmp_path / "mismatch")
+    cfg = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**cfg, "d_sae": 17}))
+    with pytest.raises(CheckpointError, match="describes"):
+        SAE.load(path)
+    (path / "config.json").write_text(json.dumps({**cfg, "colour": "blue"}))
+    with pytest.raises(CheckpointError, match="not a valid SAE config"):
+        SAE.load(path)
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt JSON"):
+        SAE.load(path)
+    assert issubclass(CheckpointError, ValueError)
+
+
+def test_clear_errors_before_training(tiny_model):
+    model, tokens, _ = tiny_model
+    with pytest.raises(ValueError, match=r"d_in = 64 but the activation at hook 'blocks.0.mlp.hook_post' has size 48"):
+        train_sae((model, HOOK, tokens), SAEConfig(d_in=64, d_sae=8))
+    with pytest.raises(ValueError, match="cfg.d_in = 7 but each activation has size 32"):
+        train_sae(torch.randn(10, 32), SAEConfig(d_in=7, d_sae=8))
+    with pytest.raises(ValueError, match=r"no hook point 'blocks.0.mlp.hook_pots'.*blocks.0.mlp.hook_post"):
+        train_sae((model, "blocks.0.mlp.hook_pots", tokens), SAEConfig(d_in=48, d_sae=8))
+    with pytest.raises(ValueError, match="no hook point"):
+        ce_loss_recovered(model, identity_sae(48), "blocks.9.mlp.hook_post", tokens)
+    with pytest.raises(ValueError, match="size 32, the SAE reads 48"):
+        ce_loss_recovered(model, identity_sae(48), "blocks.0.hook_resid_post", tokens)
+    for bad in (dict(l1_coefficient=0.0), dict(l1_coefficient=-1.0), dict(k=0), dict(k=-3),
+                dict(k=9, activation="topk")):
+        with pytest.raises(ValueError, match="l1_coefficient|k must"):
+            SAEConfig(d_in=4, d_sae=8, **bad)
+
+
+def test_stream_flattens_head_dimensions(tiny_model):
+    model, tokens, _ = tiny_model
+    stream = ActivationStream(model, "blocks.0.attn.hook_z", tokens, positions=slice(1, 3), batch_size=40)
+    acts = torch.cat(list(stream))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    z = cache["blocks.0.attn.hook_z"][:, 1:3]  # (batch, pos, head_index, d_head)
+    assert stream.d_in == 32
+    torch.testing.assert_close(acts, z.reshape(-1, 32))
