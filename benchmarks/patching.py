@@ -3,12 +3,14 @@
 For each model:
 1. A full ``head_out`` sweep (every layer, position and head): mi_toolkit's vectorised ``activation_patch`` vs
    TransformerLens's ``get_act_patch_attn_head_out_by_pos`` (one forward pass per patch): time ratio and the
-   largest difference between the two results.
+   largest difference between the two results. Both are timed from tokens to results: TL's time includes the
+   ``run_with_cache`` of the clean input that its function takes (the toolkit runs it inside).
 2. Attribution vs activation patching on ``head_out``: time ratio and correlation.
 3. Peak extra resident memory of the vectorised sweep (Linux: VmHWM after resetting it through
    /proc/self/clear_refs), at the default chunk size and with one patch per forward pass.
 
-Usage: python benchmarks/patching.py [--threads 2] [--repeats 3] [--grok-steps N] [--grokking-run DIR]
+Usage: python benchmarks/patching.py [--threads 2] [--repeats 3] [--induction-batches 8 32] [--grok-steps N]
+                                    [--grokking-run DIR]
 """
 
 import argparse
@@ -53,11 +55,13 @@ def peak_extra_mb(fn) -> float | None:
 
 
 def measure(name: str, model, clean, corrupted, metric, repeats: int) -> dict:
-    with torch.no_grad():
-        _, clean_cache = model.run_with_cache(clean)
+    def tl_sweep():
+        with torch.no_grad():
+            _, clean_cache = model.run_with_cache(clean)
+        return tlp.get_act_patch_attn_head_out_by_pos(model, corrupted, clean_cache, metric)
+
     ours_s, ours = best_time(lambda: mt.activation_patch(model, clean, corrupted, metric, "head_out"), repeats)
-    tl_s, theirs = best_time(lambda: tlp.get_act_patch_attn_head_out_by_pos(model, corrupted, clean_cache, metric),
-                             repeats)
+    tl_s, theirs = best_time(tl_sweep, repeats)
     attr_s, attribution = best_time(lambda: mt.attribution_patch(model, clean, corrupted, metric, "head_out"),
                                     repeats)
     comparison = mt.compare_patching(ours, attribution)
@@ -72,15 +76,23 @@ def measure(name: str, model, clean, corrupted, metric, repeats: int) -> dict:
         "max_abs_diff_vs_tl": float(f"{(ours - theirs).abs().max().item():.3g}"),
         "attribution_s": round(attr_s, 4),
         "attribution_speedup_vs_activation": round(ours_s / attr_s, 1),
+        "attribution_speedup_vs_tl_sweep": round(tl_s / attr_s, 1),
         "attribution_correlation": round(comparison.correlation, 4),
         "attribution_max_abs_error": round(comparison.max_abs_error, 4),
         "peak_extra_mb_default_chunk": peak_extra_mb(
             lambda: mt.activation_patch(model, clean, corrupted, metric, "head_out")),
         "peak_extra_mb_chunk_1": peak_extra_mb(
             lambda: mt.activation_patch(model, clean, corrupted, metric, "head_out", chunk_size=1)),
-        "peak_extra_mb_tl_loop": peak_extra_mb(
-            lambda: tlp.get_act_patch_attn_head_out_by_pos(model, corrupted, clean_cache, metric)),
+        "peak_extra_mb_tl_loop": peak_extra_mb(tl_sweep),
     }
+
+
+def induction_pair(task, model, batch: int):
+    clean, corrupted = task.patching_pair(batch)
+    with torch.no_grad():
+        metric = mt.metrics.normalized(mt.metrics.loss(clean, positions=task.repeat_positions), model(clean),
+                                       model(corrupted))
+    return clean, corrupted, metric
 
 
 def induction_setup():
@@ -93,11 +105,7 @@ def induction_setup():
         "induction_score_layer1": round(mt.model_head_scores(model, tokens, "induction")[1].max().item(), 3),
         "prev_token_score_layer0": round(mt.model_head_scores(model, tokens, "previous_token")[0].max().item(), 3),
     }
-    clean, corrupted = task.patching_pair(8)
-    with torch.no_grad():
-        metric = mt.metrics.normalized(mt.metrics.loss(clean, positions=task.repeat_positions), model(clean),
-                                       model(corrupted))
-    return model, clean, corrupted, metric, scores
+    return model, task, scores
 
 
 def grokking_setup(steps: int, run_dir: str | None):
@@ -132,14 +140,17 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--grok-steps", type=int, default=RECIPES["fast"]["steps"],
                         help="steps of the default recipe to train the grokking model for")
+    parser.add_argument("--induction-batches", type=int, nargs="+", default=[8, 32],
+                        help="batch sizes of the induction model's clean/corrupted pair")
     parser.add_argument("--grokking-run", default=None, help="load this run directory instead of training")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, best of {args.repeats}")
 
-    model, clean, corrupted, metric, info = induction_setup()
+    model, task, info = induction_setup()
     print("induction model:", info)
-    print(measure("induction (2L attn-only)", model, clean, corrupted, metric, args.repeats))
+    for batch in args.induction_batches:
+        print(measure("induction (2L attn-only)", model, *induction_pair(task, model, batch), args.repeats))
 
     model, clean, corrupted, metric, info = grokking_setup(args.grok_steps, args.grokking_run)
     print("grokking model:", info)

@@ -267,10 +267,10 @@ def _local_patch_logits(
     return run.logits_with(model, layer + 1, start, copies, [], resid=patched[:, start:])
 
 
-def _chunks(n_layers: int, per_layer: int, chunk: int) -> list[tuple[int, int]]:
-    """``(start, stop)`` flat patch ranges of at most ``chunk`` patches, never spanning two layers."""
-    return [(layer * per_layer + s, layer * per_layer + min(s + chunk, per_layer))
-            for layer in range(n_layers) for s in range(0, per_layer, chunk)]
+def _chunks(per_layer: int, chunk_by_layer: Sequence[int]) -> list[tuple[int, int]]:
+    """``(start, stop)`` flat patch ranges of at most ``chunk_by_layer[i]`` patches in layer i, never spanning two."""
+    return [(i * per_layer + s, i * per_layer + min(s + chunk, per_layer))
+            for i, chunk in enumerate(chunk_by_layer) for s in range(0, per_layer, chunk)]
 
 
 @torch.no_grad()
@@ -302,7 +302,8 @@ def activation_patch(
         layers: the layers to patch (default all); the result's first axis follows this list.
         chunk_size: patched copies of the batch per forward pass. Default: the patches of a quarter of the
             positions for per-position targets (smaller chunks restart later in the sequence but take more
-            passes), all of a layer's patches otherwise; at most ``max_rows // batch``.
+            passes), all of a layer's patches otherwise and for the last layer's position-local targets; at most
+            ``max_rows // batch``.
         max_rows: bounds memory when ``chunk_size`` is None: rows (copies x batch) per forward pass.
         progress: show a progress bar over forward passes.
 
@@ -334,10 +335,14 @@ def activation_patch(
     per_pos = per_layer // n_pos if by_position else per_layer
     if chunk_size is None:
         wanted = per_pos * math.ceil(n_pos / 4) if by_position else per_layer
-        chunk_size = max(1, min(wanted, max_rows // batch))
+        # The last layer's position-local patches run one position each: no restart position to keep late.
+        chunk_by_layer = [max(1, min(per_layer if layer == last and layer in local else wanted, max_rows // batch))
+                          for layer in layers]
+    else:
+        chunk_by_layer = [chunk_size] * len(layers)
     mask_shape = _mask_shape(spec, clean[0].shape)
     results = torch.empty(len(layers) * per_layer, device=clean[0].device)
-    chunks = _chunks(len(layers), per_layer, chunk_size)
+    chunks = _chunks(per_layer, chunk_by_layer)
     for start, stop in tqdm(chunks, disable=not progress, desc=f"patching {target}", dynamic_ncols=True):
         i, offset = divmod(start, per_layer)
         copies = stop - start
