@@ -113,3 +113,23 @@ def test_grokfast_ma_matches_formula():
     expected = [g if i < window - 1 else g + lamb * sum(grads[i - window + 1: i + 1]) / window
                 for i, g in enumerate(grads)]
     assert out == pytest.approx(expected)
+
+
+def test_same_seed_same_weights_with_two_threads():
+    # Multi-threaded CPU backward kernels can sum in a thread-dependent order; the trainer must not let them.
+    from mi_toolkit.induction import InductionTask, make_induction_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        weights = []
+        for _ in range(2):
+            model = make_induction_model(seed=0)
+            train(model, InductionTask(), TrainConfig(steps=30, lr=1e-2, weight_decay=0.01, warmup_steps=5,
+                                                     log_every=1000, checkpoint_every=1000), progress=False)
+            weights.append(model.state_dict())
+    finally:
+        torch.set_num_threads(threads)
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name
+    assert not torch.are_deterministic_algorithms_enabled()  # the global setting is restored
