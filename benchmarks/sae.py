@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import mi_toolkit as mt
-from mi_toolkit.fourier import neuron_clusters
+from mi_toolkit.fourier import frequencies_from_clusters, neuron_clusters
 from mi_toolkit.ground_truth import GroundTruth, mmcs
 from mi_toolkit.grokking import RECIPES
 from mi_toolkit.sae import SAEConfig, train_sae
@@ -159,8 +159,8 @@ def grokking_sae(steps: int) -> None:
     _report("SAE on grokking blocks.0.mlp.hook_post (last position), TopK k=16, d_sae=1024", sae, model, hook,
             task.tokens, time.perf_counter() - start, positions=-1,
             loss_fn=lambda logits: last_token_loss(logits[:, -1], task.labels))
-    freqs = mt.key_frequencies(model, task)
-    dominant = neuron_clusters(model, task).dominant
+    clusters = neuron_clusters(model, task)
+    freqs, dominant = frequencies_from_clusters(clusters), clusters.dominant
     W = sae.W_dec.detach()  # unit rows
     share = torch.stack([W[:, dominant == k].pow(2).sum(-1) for k in freqs])  # (n_key, d_sae)
     live = W.abs().sum(-1) > 0

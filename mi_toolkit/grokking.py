@@ -22,7 +22,7 @@ import torch
 
 from mi_toolkit._tl import HookedTransformer
 from mi_toolkit.checkpoints import CheckpointError, load_json, load_tensors, save_json, save_tensors
-from mi_toolkit.fourier import key_frequencies, logit_decomposition, neuron_clusters
+from mi_toolkit.fourier import frequencies_from_clusters, logit_decomposition, neuron_clusters
 from mi_toolkit.models import build_model, grokking_model_config, model_config_dict, model_config_from_dict
 from mi_toolkit.progress import estimate_phases, evaluate_checkpoints, excluded_loss, restricted_loss
 from mi_toolkit.tasks import ModularArithmetic
@@ -130,8 +130,8 @@ def analyse(model: HookedTransformer, task: ModularArithmetic, history: list[dic
         ``(history, analysis)``: the history with ``restricted_loss``, ``excluded_loss`` and
         ``excluded_loss_per_freq`` merged in at the checkpointed steps, and a JSON-safe summary.
     """
-    freqs = key_frequencies(model, task)
     clusters = neuron_clusters(model, task)
+    freqs = frequencies_from_clusters(clusters)
     logits = logit_decomposition(model, task, freqs)
     if run_dir is not None:
         by_step = {r["step"]: r for r in evaluate_checkpoints(model, task, run_dir, freqs)}

@@ -146,6 +146,11 @@ def _patch_hook(clean: Tensor, mask: Tensor, copies: int) -> Callable:
     return hook
 
 
+def _can_restart(model: HookedTransformer) -> bool:
+    """Whether a forward pass can restart mid-sequence from a key-value cache (positions TL's cache supports)."""
+    return model.cfg.positional_embedding_type in ("standard", "rotary")
+
+
 @dataclasses.dataclass
 class _CorruptedRun:
     """The unpatched corrupted run, from which patched copies restart.
@@ -160,26 +165,25 @@ class _CorruptedRun:
 
     tokens: Tensor
     logits: Tensor | None = None
-    resid_pre: dict[int, Tensor] = dataclasses.field(default_factory=dict)
     kv: object | None = None
     acts: dict[str, Tensor] = dataclasses.field(default_factory=dict)
-    """Other corrupted activations, by hook name."""
+    """Corrupted activations by hook name: ``resid_pre`` of the restart layers and any others asked for."""
 
     @classmethod
     def build(cls, model: HookedTransformer, tokens: Tensor, layers: list[int], names=()) -> "_CorruptedRun":
         """Run the corrupted tokens once, keeping ``resid_pre`` of ``layers`` and the activations ``names``."""
-        if model.cfg.positional_embedding_type not in ("standard", "rotary"):
+        if not _can_restart(model):
+            if not names:  # full forward passes need nothing from the corrupted run
+                return cls(tokens)
             logits, cache = model.run_with_cache(tokens, names_filter=list(names))
             return cls(tokens, logits, acts={name: cache[name] for name in names})
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
         kv = TransformerLensKeyValueCache.init_cache(model.cfg, tokens.device, len(tokens))
-        resid_names = {layer: get_act_name("resid_pre", layer) for layer in layers}
-        wanted = sorted(set(resid_names.values()) | set(names))
+        wanted = sorted({get_act_name("resid_pre", layer) for layer in layers} | set(names))
         ones = torch.ones(tokens.shape, dtype=torch.int, device=tokens.device)
         logits, cache = model.run_with_cache(tokens, names_filter=wanted, past_kv_cache=kv, attention_mask=ones)
-        return cls(tokens, logits, {layer: cache[name] for layer, name in resid_names.items()}, kv,
-                   {name: cache[name] for name in names})
+        return cls(tokens, logits, kv, {name: cache[name] for name in wanted})
 
     def logits_with(
         self, model: HookedTransformer, layer: int, start: int, copies: int, hooks: list, resid: Tensor | None = None
@@ -197,7 +201,7 @@ class _CorruptedRun:
 
         batch, n_pos = self.tokens.shape
         if resid is None:
-            resid = self.resid_pre[layer][:, start:].repeat(copies, 1, 1)  # (copy * batch, pos - start, d_model)
+            resid = self.acts[get_act_name("resid_pre", layer)][:, start:].repeat(copies, 1, 1)  # (copy * batch, pos - start, d_model)
         kwargs = {}
         if start > 0:
             entries = [
@@ -320,7 +324,7 @@ def activation_patch(
     names = [get_act_name(spec.act, layer) for layer in layers]
     _, clean_cache = model.run_with_cache(clean_tokens, names_filter=names)
     clean = [clean_cache[name] for name in names]
-    restarts = model.cfg.positional_embedding_type in ("standard", "rotary")
+    restarts = _can_restart(model)
     last = model.cfg.n_layers - 1
     # Position-local patches run their own layer on one position (needs a key-value cache unless it is the last).
     local = {layer for layer in layers
