@@ -8,6 +8,9 @@ user's own warning filters are left as they are.
 
 import contextlib
 import warnings
+from collections.abc import Iterable
+
+from torch import Tensor
 
 from transformer_lens import ActivationCache, HookedTransformer, HookedTransformerConfig
 from transformer_lens.hook_points import HookPoint
@@ -15,7 +18,7 @@ from transformer_lens.utilities import get_act_name
 
 __all__ = [
     "ActivationCache", "HookPoint", "HookedTransformer", "HookedTransformerConfig", "get_act_name",
-    "quiet_construction",
+    "quiet_construction", "run_until",
 ]
 
 
@@ -28,3 +31,38 @@ def quiet_construction():
             category=DeprecationWarning,
         )
         yield
+
+
+class _AllComputed(Exception):
+    """Raised by the last caching hook of :func:`run_until` to end the forward pass."""
+
+
+def run_until(model: HookedTransformer, tokens: Tensor, names: Iterable[str]) -> dict[str, Tensor]:
+    """The activations ``names`` of ``model(tokens)``, from a forward pass that stops once all are computed.
+
+    Like ``model.run_with_cache(tokens, names_filter=names)[1]`` without the logits, and without the layers (and
+    the unembedding) after the last activation asked for.
+
+    Raises:
+        ValueError: a name is not a hook point of the model, or the forward pass never reaches it.
+    """
+    names = list(dict.fromkeys(names))
+    unknown = [name for name in names if name not in model.hook_dict]
+    if unknown:
+        raise ValueError(f"unknown hook names {unknown}; see model.hook_dict for this model's hook points")
+    acts: dict[str, Tensor] = {}
+
+    def save(activation: Tensor, hook) -> None:
+        acts[hook.name] = activation.detach()
+        if len(acts) == len(names):
+            raise _AllComputed
+
+    with model.hooks(fwd_hooks=[(name, save) for name in names]):
+        try:
+            model(tokens, return_type=None)
+        except _AllComputed:
+            pass
+    missing = [name for name in names if name not in acts]
+    if missing:
+        raise ValueError(f"the forward pass does not reach the hook points {missing}")
+    return acts

@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mi_toolkit._tl import HookedTransformer, get_act_name
+from mi_toolkit._tl import HookedTransformer, get_act_name, run_until
 
 __all__ = [
     "AblationEffect",
@@ -231,8 +231,7 @@ def head_ablation_effects(
     reference = {}
     if how != "zero":
         reference_tokens = tokens if reference_tokens is None else reference_tokens
-        _, cache = model.run_with_cache(reference_tokens, names_filter=names)
-        reference = {name: cache[name] for name in names}
+        reference = run_until(model, reference_tokens, names)
     baseline = metric(model(tokens)).item()
     effects = torch.zeros(cfg.n_layers, cfg.n_heads)
     for layer, name in enumerate(names):

@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mi_toolkit._tl import HookedTransformer, get_act_name
+from mi_toolkit._tl import HookedTransformer, get_act_name, run_until
 
 __all__ = [
     "NeuronClusters",
@@ -88,8 +88,7 @@ def neuron_activations(model: HookedTransformer, tokens, *, layer: int = -1) -> 
     """Post-activation MLP neurons at the last position, for each row of ``tokens``."""
     layer = layer % model.cfg.n_layers
     name = get_act_name("post", layer)
-    _, cache = model.run_with_cache(tokens, names_filter=name, return_type=None)
-    return cache[name][:, -1]
+    return run_until(model, tokens, [name])[name][:, -1]
 
 
 def neuron_frequency_fractions(acts: Float[Tensor, "p p d_mlp"]) -> Float[Tensor, "n_freq d_mlp"]:

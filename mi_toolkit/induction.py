@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from mi_toolkit._tl import HookedTransformer, HookedTransformerConfig, get_act_name
+from mi_toolkit._tl import HookedTransformer, HookedTransformerConfig, get_act_name, run_until
 from mi_toolkit.models import build_model
 from mi_toolkit.training import TrainConfig, TrainResult, train
 
@@ -291,7 +291,7 @@ def model_head_scores(
     """
     names = [get_act_name("pattern", layer) for layer in range(model.cfg.n_layers)]
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=names)
+        cache = run_until(model, tokens, names)
     patterns = torch.stack([cache[name] for name in names], dim=1)
     return head_scores(patterns, detection_pattern(tokens, head_type), **kwargs)
 

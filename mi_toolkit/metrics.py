@@ -1,7 +1,9 @@
 """Patching metrics: factories that return ``metric(logits) -> scalar`` ready for :mod:`mi_toolkit.patching`.
 
 Every metric is differentiable (attribution patching takes its gradient) and averages over the batch, so it gives
-the same number for one batch however many patched copies are run beside it.
+the same number for one batch however many patched copies are run beside it. Each one also declares the positions
+whose logits it reads (its ``positions`` attribute; :func:`reads` does the same for your own metrics), so that
+:func:`mi_toolkit.patching.activation_patch` can skip the patches that cannot change them.
 
 >>> logits = torch.zeros(2, 3, 5); logits[:, -1, 1] = 2.0
 >>> logit_diff(torch.tensor([1, 1]), torch.tensor([0, 0]))(logits)
@@ -15,12 +17,34 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-__all__ = ["answer_loss", "kl_to_clean", "logit_diff", "loss", "normalized", "normalized_logit_diff", "probability"]
+__all__ = [
+    "answer_loss", "kl_to_clean", "logit_diff", "loss", "normalized", "normalized_logit_diff", "probability", "reads",
+]
 
 Logits = Float[Tensor, "batch pos d_vocab_out"]
 Metric = Callable[[Logits], Float[Tensor, ""]]
 Positions = int | slice | Int[Tensor, " n"] | list[int]
 """Which positions a metric reads: an index (default -1, the last), a slice, or a list/tensor of indices."""
+
+
+def reads(positions: Positions | None) -> Callable[[Metric], Metric]:
+    """Declare the positions whose logits a metric reads (``None``: any).
+
+    A patch that changes only other positions leaves such a metric at its corrupted value, and
+    :func:`mi_toolkit.patching.activation_patch` fills that value in without running the patch. A metric that
+    reads a position it does not declare gets wrong results there, so declare every position it reads.
+
+    >>> @reads(-1)
+    ... def last_logit(logits): return logits[:, -1, 0].mean()
+    >>> last_logit.positions
+    -1
+    """
+
+    def declare(metric: Metric) -> Metric:
+        metric.positions = positions
+        return metric
+
+    return declare
 
 
 def _as_batch(tokens: int | Int[Tensor, ""] | Int[Tensor, " batch"]) -> Tensor:
@@ -49,7 +73,7 @@ def logit_diff(
         bad = last[rows, incorrect.to(last.device).expand(len(last))]
         return (good - bad).mean()
 
-    return metric
+    return reads(pos)(metric)
 
 
 def probability(tokens: int | Int[Tensor, " batch"], pos: int = -1) -> Metric:
@@ -66,7 +90,7 @@ def probability(tokens: int | Int[Tensor, " batch"], pos: int = -1) -> Metric:
         rows = torch.arange(len(probs), device=probs.device)
         return probs[rows, tokens.to(probs.device).expand(len(probs))].mean()
 
-    return metric
+    return reads(pos)(metric)
 
 
 def loss(tokens: Int[Tensor, "batch pos"], positions: Positions | None = None) -> Metric:
@@ -91,7 +115,7 @@ def loss(tokens: Int[Tensor, "batch pos"], positions: Positions | None = None) -
         labels = tokens.to(logits.device)[:, where + 1]
         return F.cross_entropy(predicted.flatten(0, 1), labels.flatten())
 
-    return metric
+    return reads(chosen.tolist())(metric)
 
 
 def answer_loss(answers: int | Int[Tensor, " batch"], pos: int = -1) -> Metric:
@@ -107,7 +131,7 @@ def answer_loss(answers: int | Int[Tensor, " batch"], pos: int = -1) -> Metric:
         last = logits[:, pos]
         return F.cross_entropy(last, answers.to(last.device).expand(len(last)))
 
-    return metric
+    return reads(pos)(metric)
 
 
 def kl_to_clean(clean_logits: Logits, pos: Positions | None = -1) -> Metric:
@@ -125,7 +149,7 @@ def kl_to_clean(clean_logits: Logits, pos: Positions | None = -1) -> Metric:
         reference = clean_log_probs.to(log_probs.device)
         return (reference.exp() * (reference - log_probs)).sum(-1).mean()
 
-    return metric
+    return reads(pos)(metric)
 
 
 def normalized(metric: Metric, clean_logits: Logits, corrupted_logits: Logits) -> Metric:
@@ -151,7 +175,7 @@ def normalized(metric: Metric, clean_logits: Logits, corrupted_logits: Logits) -
     def rescaled(logits: Logits) -> Float[Tensor, ""]:
         return (metric(logits) - corrupted) / (clean - corrupted)
 
-    return rescaled
+    return reads(getattr(metric, "positions", None))(rescaled)
 
 
 def normalized_logit_diff(

@@ -34,7 +34,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mi_toolkit._tl import HookedTransformer, get_act_name
+from mi_toolkit._tl import HookedTransformer, get_act_name, run_until
 
 __all__ = [
     "TARGETS",
@@ -170,9 +170,12 @@ class _CorruptedRun:
     """Corrupted activations by hook name: ``resid_pre`` of the restart layers and any others asked for."""
 
     @classmethod
-    def build(cls, model: HookedTransformer, tokens: Tensor, layers: list[int], names=()) -> "_CorruptedRun":
-        """Run the corrupted tokens once, keeping ``resid_pre`` of ``layers`` and the activations ``names``."""
-        if not _can_restart(model):
+    def build(
+        cls, model: HookedTransformer, tokens: Tensor, layers: list[int], names=(), restart: bool = True
+    ) -> "_CorruptedRun":
+        """Run the corrupted tokens once, keeping the activations ``names``; with ``restart`` (where the model
+        can), also the key-value cache and ``resid_pre`` of ``layers`` for :meth:`logits_with`."""
+        if not (restart and _can_restart(model)):
             if not names:  # full forward passes need nothing from the corrupted run
                 return cls(tokens)
             logits, cache = model.run_with_cache(tokens, names_filter=list(names))
@@ -259,8 +262,16 @@ def _local_patch_logits(
         hooks.insert(0, (z_name, _constant_hook(z.reshape(copies * batch, 1, *z.shape[2:]))))
     resid = at_positions(run.acts[get_act_name("resid_pre", layer)]).reshape(copies * batch, 1, -1)
     last = layer == model.cfg.n_layers - 1
-    with model.hooks(fwd_hooks=hooks):
-        out = model(resid, start_at_layer=layer, stop_at_layer=None if last else layer + 1)
+    if act == "z" and _updatable(model, layer):  # the block from its heads' output on, without TL's attention
+        attn_out = _attention_output(model.blocks[layer].attn, value.reshape(copies * batch, 1, -1))
+        out = _rest_of_block(model, layer, resid, attn_out)
+        if last:
+            out = model(out, start_at_layer=model.cfg.n_layers)  # final norm and unembedding
+    else:
+        with model.hooks(fwd_hooks=hooks):
+            out = model(resid, start_at_layer=layer, stop_at_layer=None if last else layer + 1)
+    if not last and _updatable(model, layer + 1):
+        return _next_layer_logits(model, run, layer + 1, out.view(copies, batch, -1), positions)
     following = run.logits if last else run.acts[get_act_name("resid_pre", layer + 1)]
     patched = following.repeat(copies, 1, 1).view(copies, batch, n_pos, -1)
     patched[rows, :, positions] = out.view(copies, batch, -1)
@@ -271,10 +282,151 @@ def _local_patch_logits(
     return run.logits_with(model, layer + 1, start, copies, [], resid=patched[:, start:])
 
 
-def _chunks(per_layer: int, chunk_by_layer: Sequence[int]) -> list[tuple[int, int]]:
-    """``(start, stop)`` flat patch ranges of at most ``chunk_by_layer[i]`` patches in layer i, never spanning two."""
-    return [(i * per_layer + s, i * per_layer + min(s + chunk, per_layer))
-            for i, chunk in enumerate(chunk_by_layer) for s in range(0, per_layer, chunk)]
+def _updatable(model: HookedTransformer, layer: int) -> bool:
+    """Whether :func:`_next_layer_logits` reproduces ``layer``'s block: a plain pre-norm block with global causal
+    multi-head attention, standard or rotary positions, and no extra normalisation, clipping or soft cap."""
+    from transformer_lens.components import Attention, TransformerBlock
+
+    cfg, block = model.cfg, model.blocks[layer]
+    attn = getattr(block, "attn", None)
+    return (
+        type(block) is TransformerBlock
+        and isinstance(attn, Attention)
+        and attn.attn_type == "global"
+        and (getattr(attn, "_attention_dir_override", None) or cfg.attention_dir) == "causal"
+        and cfg.positional_embedding_type in ("standard", "rotary")
+        and cfg.original_architecture not in _POST_NORM
+        and not any(getattr(cfg, flag, False) for flag in _UNSUPPORTED_FLAGS)
+        and getattr(cfg, "clip_qkv", None) is None
+        and (getattr(cfg, "attn_scores_soft_cap", -1.0) or -1.0) <= 0
+    )
+
+
+_UNSUPPORTED_FLAGS = ("use_split_qkv_input", "use_attn_in", "use_qk_norm", "use_logn_attn", "use_attention_sinks",
+                      "use_dynamic_ntk_rope", "load_in_4bit", "use_normalization_before_and_after")
+_POST_NORM = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
+"""Architectures whose blocks normalise after attention or after the projections (TL special-cases them)."""
+
+
+def _rotate(attn, x: Tensor, positions: Tensor) -> Tensor:
+    """TL's rotary embedding of ``x`` ``[rows, 1, head_index, d_head]``, row ``i`` at position ``positions[i]``."""
+    rotary_dim = attn.cfg.rotary_dim
+    x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
+    cos, sin = attn.rotary_cos[positions, None, None], attn.rotary_sin[positions, None, None]
+    return torch.cat([x_rot * cos + attn.rotate_every_two(x_rot) * sin, x_pass], dim=-1)
+
+
+def _attention_output(attn, z: Tensor) -> Tensor:
+    """TL's output projection: ``z`` ``[batch, pos, head_index * d_head]`` -> ``attn_out`` ``[batch, pos, d_model]``."""
+    return torch.nn.functional.linear(z, attn.W_O.reshape(z.shape[-1], -1).T, attn.b_O)
+
+
+def _rest_of_block(model: HookedTransformer, layer: int, resid_pre: Tensor, attn_out: Tensor) -> Tensor:
+    """``resid_post`` of an :func:`_updatable` block from its input and its attention output (MLP included)."""
+    cfg, block = model.cfg, model.blocks[layer]
+    if cfg.attn_only:
+        return resid_pre + attn_out
+    if cfg.parallel_attn_mlp:
+        return resid_pre + attn_out + block.apply_mlp(block.ln2(resid_pre))
+    resid_mid = resid_pre + attn_out
+    return resid_mid + block.apply_mlp(block.ln2(resid_mid))
+
+
+def _next_layer_logits(
+    model: HookedTransformer, run: "_CorruptedRun", layer: int, resid: Tensor, positions: Tensor
+) -> Tensor:
+    """Logits ``[copies * batch, pos, d_vocab_out]`` where copy ``c``'s residual stream entering ``layer`` is the
+    corrupted one except at position ``positions[c]``, where it is ``resid[c]`` (``[copies, batch, d_model]``).
+
+    In ``layer`` only that position's query, key and value change. Instead of running the layer again from the
+    first changed position, take the corrupted run's attention scores, recompute the changed position's row and
+    column, softmax, and add the changed value's share to the corrupted values' mix; then the block's output
+    projection and MLP run from the first changed position, and later layers restart from there.
+    """
+    block, attn, cfg = model.blocks[layer], model.blocks[layer].attn, model.cfg
+    copies, batch, d_model = resid.shape
+    n_pos = run.tokens.shape[1]
+    start = int(positions.min())
+    rotary = cfg.positional_embedding_type == "rotary"
+    cached = lambda act: run.acts[get_act_name(act, layer)]  # noqa: E731
+    q_old, k_old, v_old = cached("rot_q" if rotary else "q"), cached("rot_k" if rotary else "k"), cached("v")
+
+    x = block.ln1(resid.reshape(copies * batch, 1, d_model))
+    q, k, v = attn.calculate_qkv_matrices(x, x, x)  # (copy * batch, 1, head_index, d_head)
+    if rotary:
+        at = positions.repeat_interleave(batch)
+        q, k = _rotate(attn, q, at), _rotate(attn, k, at)
+    q, k, v = (t.view(copies, batch, *t.shape[2:]) for t in (q, k, v))  # (copy, batch, head_index, d_head)
+
+    # Work in the layout (batch, head, copy, query, key): one batched matmul with the shared corrupted values.
+    q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))  # (batch, head_index, copy, d_head)
+    q_old, k_old, v_old = (t.transpose(1, 2) for t in (q_old[:, start:], k_old, v_old))  # (batch, head, pos, d_head)
+    copy = torch.arange(copies, device=resid.device)
+    query = positions - start
+    n_query = n_pos - start
+    scores = cached("attn_scores")[:, :, None, start:].repeat(1, 1, copies, 1, 1)  # masked with -inf
+    # The changed key, seen by the queries after it (its own query is the row below).
+    # (Indexing two axes with a slice between them puts the indexed axis first: (copy, batch, head, query).)
+    column = (q_old @ k.transpose(-1, -2)).permute(3, 0, 1, 2) / attn.attn_scale  # (copy, batch, head, query)
+    after = (torch.arange(n_query, device=resid.device) > query[:, None])[:, None, None]  # (copy, 1, 1, query)
+    scores[:, :, copy, :, positions] = torch.where(after, column, scores[:, :, copy, :, positions])
+    # The changed query, against the corrupted keys before it and its own new key.
+    row = q @ k_old.transpose(-1, -2) / attn.attn_scale  # (batch, head, copy, key)
+    row[:, :, copy, positions] = (q * k).sum(-1) / attn.attn_scale
+    upto = torch.arange(n_pos, device=resid.device) <= positions[:, None]  # (copy, key)
+    scores[:, :, copy, query] = torch.where(upto, row, scores[:, :, copy, query])
+    pattern = scores.softmax(dim=-1)  # (batch, head, copy, query, key)
+    z = (pattern.view(batch, -1, copies * n_query, n_pos) @ v_old).view(batch, -1, copies, n_query, v.shape[-1])
+    changed = pattern[:, :, copy, :, positions].permute(1, 2, 0, 3)  # (batch, head, copy, query): on the new value
+    v_at_p = v_old[:, :, positions]  # (batch, head, copy, d_head)
+    z = z + changed[..., None] * (v - v_at_p)[:, :, :, None]
+    z = z.permute(2, 0, 3, 1, 4).reshape(copies * batch, n_query, -1)  # TL's (batch, pos, head_index * d_head)
+    attn_out = _attention_output(attn, z)
+
+    resid_pre = run.acts[get_act_name("resid_pre", layer)][:, start:].repeat(copies, 1, 1)
+    resid_pre = resid_pre.view(copies, batch, n_pos - start, d_model)
+    resid_pre[torch.arange(copies, device=resid.device), :, positions - start] = resid
+    resid_post = _rest_of_block(model, layer, resid_pre.view(copies * batch, n_pos - start, d_model), attn_out)
+    if layer + 1 < cfg.n_layers:
+        return run.logits_with(model, layer + 1, start, copies, [], resid=resid_post)
+    suffix = model(resid_post, start_at_layer=cfg.n_layers)
+    if start == 0:
+        return suffix
+    return torch.cat([run.logits[:, :start].repeat(copies, 1, 1), suffix], dim=1)
+
+
+def _read_positions(metric: Metric, n_pos: int) -> Tensor | None:
+    """The positions whose logits ``metric`` reads, as a mask ``[n_pos]``, if it declares them (``None``: all).
+
+    The metrics of :mod:`mi_toolkit.metrics` declare them in a ``positions`` attribute (see
+    :func:`mi_toolkit.metrics.reads`).
+    """
+    positions = getattr(metric, "positions", None)
+    if positions is None:
+        return None
+    if isinstance(positions, Tensor):
+        positions = positions.cpu()
+    read = torch.zeros(n_pos, dtype=torch.bool)
+    try:
+        read[positions] = True
+    except IndexError as error:
+        raise ValueError(f"the metric reads positions {positions!r}, outside a sequence of {n_pos}") from error
+    if not read.any():
+        raise ValueError(f"the metric declares that it reads no position ({positions!r})")
+    return read
+
+
+def _blind_patches(read: Tensor | None, per_layer: int, per_pos: int, own_position_only: bool) -> Tensor:
+    """Mask ``[per_layer]`` of the patches that change no position the metric reads (``read``; None: all read).
+
+    A patch at position ``p`` changes positions ``>= p`` only, and only ``p`` itself where ``own_position_only``
+    (a position-local patch in the last layer).
+    """
+    position = torch.arange(per_layer) // per_pos
+    if read is None:
+        return torch.zeros(per_layer, dtype=torch.bool)
+    blind = position > int(read.nonzero().max())
+    return blind | ~read[position] if own_position_only else blind
 
 
 @torch.no_grad()
@@ -301,13 +453,15 @@ def activation_patch(
         clean_tokens: input whose activations are patched in.
         corrupted_tokens: input that is run; same shape as ``clean_tokens``.
         metric: patched logits ``[batch, pos, d_vocab_out]`` -> scalar (see :mod:`mi_toolkit.metrics`). It is
-            called once per patch on that patch's logits (the corrupted batch size).
+            called once per patch on that patch's logits (the corrupted batch size). If it declares the positions
+            it reads (``metric.positions``, as the metrics of :mod:`mi_toolkit.metrics` do), patches that cannot
+            change them are not run: they get the metric of the corrupted run.
         target: a name from :data:`TARGETS` (the module docstring lists shapes).
         layers: the layers to patch (default all); the result's first axis follows this list.
-        chunk_size: patched copies of the batch per forward pass. Default: the patches of a quarter of the
-            positions for per-position targets (smaller chunks restart later in the sequence but take more
-            passes), all of a layer's patches otherwise and for the last layer's position-local targets; at most
-            ``max_rows // batch``.
+        chunk_size: patched copies of the batch per forward pass. Default for per-position targets: the patches
+            of a quarter of the positions, or fewer to keep about 256 rows per pass (smaller chunks restart later
+            in the sequence but take more passes); all of a layer's patches for other targets and for the last
+            layer's position-local targets; always at most ``max_rows // batch``.
         max_rows: bounds memory when ``chunk_size`` is None: rows (copies x batch) per forward pass.
         progress: show a progress bar over forward passes.
 
@@ -321,8 +475,11 @@ def activation_patch(
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     spec = TARGETS[target]
+    batch, n_pos = clean_tokens.shape
+    by_position = spec.index[0] == "pos"  # index order is (pos, ...): a chunk's first patch has its lowest pos
+    read = _read_positions(metric, n_pos) if by_position else None
     names = [get_act_name(spec.act, layer) for layer in layers]
-    _, clean_cache = model.run_with_cache(clean_tokens, names_filter=names)
+    clean_cache = run_until(model, clean_tokens, names)
     clean = [clean_cache[name] for name in names]
     restarts = _can_restart(model)
     last = model.cfg.n_layers - 1
@@ -331,38 +488,51 @@ def activation_patch(
              if spec.act in _LOCAL_ACTS and spec.index[0] == "pos" and (restarts or layer == last)}
     kept = {get_act_name(act, layer) for layer in local for act in (spec.act, "z", "resid_pre")}
     kept |= {get_act_name("resid_pre", layer + 1) for layer in local if layer < last}
-    run = _CorruptedRun.build(model, corrupted_tokens, layers, sorted(kept))
-    batch, n_pos = clean_tokens.shape
+    rotary = model.cfg.positional_embedding_type == "rotary"
+    kept |= {get_act_name(act, layer + 1) for layer in local if layer < last and _updatable(model, layer + 1)
+             for act in ("rot_q" if rotary else "q", "rot_k" if rotary else "k", "v", "attn_scores")}
+    # Restarts from a key-value cache serve every pass but the last layer's local ones and the next-layer updates
+    # that end at the last layer.
+    restart = any(layer not in local or (layer < last and (layer + 1 < last or not _updatable(model, layer + 1)))
+                  for layer in layers)
+    run = _CorruptedRun.build(model, corrupted_tokens, layers, sorted(kept), restart)
     sizes = _index_sizes(spec, clean[0].shape)
     per_layer = math.prod(sizes)
-    by_position = spec.index[0] == "pos"  # index order is (pos, ...): a chunk's first patch has its lowest pos
     per_pos = per_layer // n_pos if by_position else per_layer
     if chunk_size is None:
-        wanted = per_pos * math.ceil(n_pos / 4) if by_position else per_layer
+        # Restarting passes: the patches of a quarter of the positions, at most about 256 rows (copies x batch).
+        # Bigger passes restart earlier than their later patches need; on 2 CPU cores 256 rows were the fastest.
+        wanted = min(per_pos * math.ceil(n_pos / 4), max(per_pos, 256 // batch)) if by_position else per_layer
         # The last layer's position-local patches run one position each: no restart position to keep late.
         chunk_by_layer = [max(1, min(per_layer if layer == last and layer in local else wanted, max_rows // batch))
                           for layer in layers]
     else:
         chunk_by_layer = [chunk_size] * len(layers)
     mask_shape = _mask_shape(spec, clean[0].shape)
-    results = torch.empty(len(layers) * per_layer, device=clean[0].device)
-    chunks = _chunks(per_layer, chunk_by_layer)
-    for start, stop in tqdm(chunks, disable=not progress, desc=f"patching {target}", dynamic_ncols=True):
-        i, offset = divmod(start, per_layer)
-        copies = stop - start
-        onehot = torch.zeros(copies, per_layer, dtype=torch.bool, device=results.device)
-        onehot[torch.arange(copies), torch.arange(offset, offset + copies)] = True  # copy c patches offset + c
-        mask = onehot.reshape(copies, *mask_shape)  # (copy, 1, *axes)
+    results = torch.empty(len(layers), per_layer, device=clean[0].device)  # filled without a sync per patch
+    blind = [_blind_patches(read, per_layer, per_pos, layer == last and layer in local) for layer in layers]
+    chunks = [(i, index[s : s + chunk]) for i, chunk in enumerate(chunk_by_layer)
+              for index in [torch.arange(per_layer)[~blind[i]]] for s in range(0, len(index), chunk)]
+    unchanged = [(i, torch.arange(per_layer)[blind[i]]) for i in range(len(layers))]
+    if any(len(index) for _, index in unchanged):
+        base = metric(run.logits if run.logits is not None else model(corrupted_tokens))
+        for i, index in unchanged:
+            results[i, index] = base
+    for i, index in tqdm(chunks, disable=not progress, desc=f"patching {target}", dynamic_ncols=True):
+        copies = len(index)
+        onehot = torch.zeros(copies, per_layer, dtype=torch.bool)
+        onehot[torch.arange(copies), index] = True  # copy c patches index[c]
+        mask = onehot.reshape(copies, *mask_shape).to(clean[i].device)  # (copy, 1, *axes)
         if layers[i] in local:
-            positions = torch.arange(offset, offset + copies, device=results.device) // per_pos
+            positions = (index // per_pos).to(clean[i].device)
             logits = _local_patch_logits(model, run, spec.act, layers[i], clean[i], mask, positions)
         else:
-            first_pos = offset // per_pos if by_position and run.kv is not None else 0
+            first_pos = int(index[0]) // per_pos if by_position and run.kv is not None else 0
             # From the first patched position on (the pos axis is the first after batch for per-position targets).
             hook = _patch_hook(clean[i][:, first_pos:], mask[:, :, first_pos:], copies)
             logits = run.logits_with(model, layers[i], first_pos, copies, [(names[i], hook)])
         for c in range(copies):
-            results[start + c] = metric(logits[c * batch : (c + 1) * batch])
+            results[i, index[c]] = metric(logits[c * batch : (c + 1) * batch])
     return results.view(len(layers), *sizes)
 
 
@@ -392,7 +562,7 @@ def attribution_patch_every(
     layers = _check_inputs(model, clean_tokens, corrupted_tokens, targets, layers)
     names = sorted({get_act_name(TARGETS[t].act, layer) for t in targets for layer in layers})
     with torch.no_grad():
-        _, clean_cache = model.run_with_cache(clean_tokens, names_filter=names)
+        clean_cache = run_until(model, clean_tokens, names)
     corrupted: dict[str, Tensor] = {}
 
     def leaf_input(embedding: Tensor, hook) -> Tensor:

@@ -6,7 +6,7 @@ import torch
 import transformer_lens.patching as tlp
 
 from mi_toolkit import metrics, patching
-from mi_toolkit._tl import get_act_name
+from mi_toolkit._tl import get_act_name, run_until
 from mi_toolkit.models import build_model
 
 D_VOCAB = 20
@@ -30,8 +30,8 @@ MLP_ONLY = {"resid_mid", "mlp_out", "neuron", "neuron_all_pos"}
 
 
 def _model(attn_only: bool, normalization: str | None, seed: int = 1, positions: str = "standard",
-           parallel: bool = False):
-    cfg = dict(n_layers=2, d_model=16, d_head=4, n_heads=4, d_vocab=D_VOCAB, n_ctx=10, act_fn="gelu",
+           parallel: bool = False, n_layers: int = 2):
+    cfg = dict(n_layers=n_layers, d_model=16, d_head=4, n_heads=4, d_vocab=D_VOCAB, n_ctx=10, act_fn="gelu",
                normalization_type=normalization, attn_only=attn_only, positional_embedding_type=positions,
                parallel_attn_mlp=parallel)
     if positions == "rotary":
@@ -55,6 +55,7 @@ MODELS = {
     "rotary_attn_only": lambda: _model(True, "LN", positions="rotary"),  # restarts with rotary offsets
     "shortformer_mlp": lambda: _model(False, "LN", positions="shortformer"),  # full forward passes
     "rotary_parallel_mlp": lambda: _model(False, "LN", positions="rotary", parallel=True),
+    "three_layer_rotary_mlp": lambda: _model(False, "RMS", positions="rotary", n_layers=3),  # restarts after layer 1
 }
 
 
@@ -73,6 +74,11 @@ def tokens():
 
 def _logit_diff(clean, corrupted):
     return metrics.logit_diff(clean[:, -1], corrupted[:, -1])
+
+
+def _undeclared(metric):
+    """The same metric without the positions it declares: activation_patch then runs every patch."""
+    return lambda logits: metric(logits)
 
 
 def _no_hooks(model) -> bool:
@@ -96,10 +102,12 @@ def test_activation_patch_matches_transformer_lens(models, tokens, model_name, t
     _, clean_cache = model.run_with_cache(clean)
     theirs = TL_FUNCTIONS[target](model, corrupted, clean_cache, metric)
     assert theirs.std() > 0  # the comparison is not between two constant tensors
-    for chunk_size in (None, 5):  # all patches in one pass; chunks that straddle layers
-        ours = patching.activation_patch(model, clean, corrupted, metric, target, chunk_size=chunk_size)
-        assert ours.shape == theirs.shape
-        assert (ours - theirs).abs().max().item() <= 1e-5
+    # The metric reads the last position and says so; without saying so, every patch runs.
+    for metric_ in (metric, _undeclared(metric)):
+        for chunk_size in (None, 5):  # all patches in one pass; chunks that straddle layers
+            ours = patching.activation_patch(model, clean, corrupted, metric_, target, chunk_size=chunk_size)
+            assert ours.shape == theirs.shape
+            assert (ours - theirs).abs().max().item() <= 1e-5
 
 
 def _manual_patch(model, clean, corrupted, metric, act, index_fn, n_index):
@@ -141,6 +149,15 @@ LOCAL_CASES = [(m, t) for m in ("mlp_ln", "shortformer_mlp") for t in ("head_out
                                                                        "neuron", "resid_post")]
 LOCAL_CASES += [("rotary_attn_only", t) for t in ("head_out", "attn_out", "resid_post")]
 LOCAL_CASES += [("rotary_parallel_mlp", t) for t in ("head_out", "attn_out", "mlp_out", "neuron", "resid_post")]
+LOCAL_CASES += [("three_layer_rotary_mlp", t) for t in ("head_out", "mlp_out", "resid_post")]
+
+
+def test_next_layer_update_covers_the_test_models(models):
+    # The position-local cases above run the next layer through _next_layer_logits on these models (and through
+    # TL's restart on the shortformer model), so they test both paths.
+    for name in ("mlp_ln", "rotary_attn_only", "rotary_parallel_mlp", "three_layer_rotary_mlp"):
+        assert patching._updatable(models[name], 1), name
+    assert not patching._updatable(models["shortformer_mlp"], 1)
 
 
 @pytest.mark.parametrize("model_name,target", LOCAL_CASES)
@@ -158,8 +175,8 @@ def test_position_local_targets_match_manual_loop_at_every_position(models, toke
                                  n_pos * width)
     else:  # one position
         expected = _manual_patch(model, clean, corrupted, metric, act, lambda i: (slice(None), i), n_pos)
-    for chunk_size in (None, 3):
-        ours = patching.activation_patch(model, clean, corrupted, metric, target, chunk_size=chunk_size)
+    for metric_, chunk_size in ((metric, None), (_undeclared(metric), None), (_undeclared(metric), 3)):
+        ours = patching.activation_patch(model, clean, corrupted, metric_, target, chunk_size=chunk_size)
         torch.testing.assert_close(ours.reshape(expected.shape), expected, atol=1e-5, rtol=0)
 
 
@@ -352,3 +369,47 @@ def test_metrics_against_direct_computation(models, tokens):
     assert normalized(corrupted_logits).item() == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="cannot normalise"):
         metrics.normalized(metrics.loss(clean), clean_logits, clean_logits)
+
+
+def test_metrics_declare_exactly_the_positions_they_read(tokens):
+    # Independent check of each declaration: the positions where the metric's gradient is non-zero.
+    clean, corrupted = tokens
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 6, D_VOCAB, generator=gen, requires_grad=True)
+    other = torch.randn(3, 6, D_VOCAB, generator=gen)
+    answer, wrong = clean[:, -1], corrupted[:, -1]
+    cases = [
+        metrics.logit_diff(answer, wrong), metrics.logit_diff(3, 4, pos=2), metrics.answer_loss(answer, pos=1),
+        metrics.probability(answer), metrics.loss(clean), metrics.loss(clean, positions=slice(2, 4)),
+        metrics.loss(clean, positions=[0, 3]), metrics.kl_to_clean(other, pos=[1, 4]), metrics.kl_to_clean(other, None),
+        metrics.normalized(metrics.loss(clean, positions=[1]), logits.detach(), other),
+    ]
+    for metric in cases:
+        (grad,) = torch.autograd.grad(metric(logits), logits)
+        read = grad.abs().sum(dim=(0, 2)) > 0
+        declared = patching._read_positions(metric, 6)
+        declared = torch.ones(6, dtype=torch.bool) if declared is None else declared
+        assert torch.equal(read, declared), (metric.positions, read)
+
+
+def test_declared_positions_are_checked(models, tokens):
+    model = models["mlp_ln"]
+    bad = metrics.reads(7)(lambda logits: logits[:, -1].sum())
+    with pytest.raises(ValueError, match="outside a sequence"):
+        patching.activation_patch(model, *tokens, bad, "head_out")
+    assert _no_hooks(model)
+
+
+def test_run_until_matches_run_with_cache_and_stops_early(models, tokens):
+    model = models["mlp_ln"]
+    names = [get_act_name("z", 0), get_act_name("resid_mid", 1)]
+    _, cache = model.run_with_cache(tokens[0], names_filter=names)
+    reached = []
+    with model.hooks(fwd_hooks=[(get_act_name("post", 1), lambda act, hook: reached.append(hook.name))]):
+        acts = run_until(model, tokens[0], names)
+    assert reached == []  # the MLP of layer 1 comes after the last activation asked for
+    for name in names:
+        torch.testing.assert_close(acts[name], cache[name], rtol=0, atol=0)
+    assert _no_hooks(model)
+    with pytest.raises(ValueError, match="unknown hook names"):
+        run_until(model, tokens[0], ["blocks.0.hook_nothing"])
