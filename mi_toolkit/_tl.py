@@ -18,7 +18,7 @@ from transformer_lens.utilities import get_act_name
 
 __all__ = [
     "ActivationCache", "HookPoint", "HookedTransformer", "HookedTransformerConfig", "get_act_name",
-    "quiet_construction", "run_until",
+    "has_hooks", "quiet_construction", "run_until",
 ]
 
 
@@ -31,6 +31,11 @@ def quiet_construction():
             category=DeprecationWarning,
         )
         yield
+
+
+def has_hooks(model: HookedTransformer) -> bool:
+    """Whether any hook point of ``model`` has a hook attached (fast paths that skip hook points must not run)."""
+    return any(hp._forward_hooks or hp._backward_hooks for hp in model.hook_dict.values())
 
 
 class _AllComputed(Exception):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mi_toolkit._tl import HookedTransformer
+from mi_toolkit._tl import HookedTransformer, has_hooks
 
 __all__ = ["FinalPosition", "final_position_forward", "final_position_logits", "supports_fast_path"]
 
@@ -29,12 +29,7 @@ class FinalPosition(NamedTuple):
 
 def supports_fast_path(model: HookedTransformer) -> bool:
     """Whether :func:`final_position_logits` can skip work for this model (else it runs the full forward)."""
-    return _architecture_supported(model) and _no_hooks(model)
-
-
-def _no_hooks(model: HookedTransformer) -> bool:
-    # Hooks attached by the user must see every activation, so hooked models take the full path.
-    return all(not hp._forward_hooks and not hp._backward_hooks for hp in model.hook_dict.values())
+    return _architecture_supported(model) and not has_hooks(model)
 
 
 def final_position_logits(

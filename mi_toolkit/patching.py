@@ -34,7 +34,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mi_toolkit._tl import HookedTransformer, get_act_name, run_until
+from mi_toolkit._tl import HookedTransformer, get_act_name, has_hooks, run_until
 
 __all__ = [
     "TARGETS",
@@ -146,9 +146,17 @@ def _patch_hook(clean: Tensor, mask: Tensor, copies: int) -> Callable:
     return hook
 
 
+def _causal(model: HookedTransformer) -> bool:
+    """Whether every layer attends only backwards, so that a change at position ``p`` reaches positions ``>= p``."""
+    return model.cfg.attention_dir == "causal" and all(
+        (getattr(block.attn, "_attention_dir_override", None) or "causal") == "causal" for block in model.blocks
+    )
+
+
 def _can_restart(model: HookedTransformer) -> bool:
-    """Whether a forward pass can restart mid-sequence from a key-value cache (positions TL's cache supports)."""
-    return model.cfg.positional_embedding_type in ("standard", "rotary")
+    """Whether a forward pass can restart mid-sequence from a key-value cache (causal attention, and positions
+    TL's cache supports)."""
+    return model.cfg.positional_embedding_type in ("standard", "rotary") and _causal(model)
 
 
 @dataclasses.dataclass
@@ -284,13 +292,15 @@ def _local_patch_logits(
 
 def _updatable(model: HookedTransformer, layer: int) -> bool:
     """Whether :func:`_next_layer_logits` reproduces ``layer``'s block: a plain pre-norm block with global causal
-    multi-head attention, standard or rotary positions, and no extra normalisation, clipping or soft cap."""
+    multi-head attention, standard or rotary positions, and no extra normalisation, clipping or soft cap; and
+    no hooks attached, which its shortcut would skip."""
     from transformer_lens.components import Attention, TransformerBlock
 
     cfg, block = model.cfg, model.blocks[layer]
     attn = getattr(block, "attn", None)
     return (
-        type(block) is TransformerBlock
+        not has_hooks(model)
+        and type(block) is TransformerBlock
         and isinstance(attn, Attention)
         and attn.attn_type == "global"
         and (getattr(attn, "_attention_dir_override", None) or cfg.attention_dir) == "causal"
@@ -406,6 +416,8 @@ def _read_positions(metric: Metric, n_pos: int) -> Tensor | None:
         return None
     if isinstance(positions, Tensor):
         positions = positions.cpu()
+    elif isinstance(positions, tuple):  # a tuple would index several axes
+        positions = list(positions)
     read = torch.zeros(n_pos, dtype=torch.bool)
     try:
         read[positions] = True
@@ -416,17 +428,23 @@ def _read_positions(metric: Metric, n_pos: int) -> Tensor | None:
     return read
 
 
-def _blind_patches(read: Tensor | None, per_layer: int, per_pos: int, own_position_only: bool) -> Tensor:
+def _blind_patches(
+    read: Tensor | None, per_layer: int, per_pos: int, causal: bool, own_position_only: bool
+) -> Tensor:
     """Mask ``[per_layer]`` of the patches that change no position the metric reads (``read``; None: all read).
 
-    A patch at position ``p`` changes positions ``>= p`` only, and only ``p`` itself where ``own_position_only``
-    (a position-local patch in the last layer).
+    A patch at position ``p`` changes only positions ``>= p`` in a ``causal`` model, and only ``p`` itself where
+    ``own_position_only`` (a position-local patch in the last layer).
     """
-    position = torch.arange(per_layer) // per_pos
+    blind = torch.zeros(per_layer, dtype=torch.bool)
     if read is None:
-        return torch.zeros(per_layer, dtype=torch.bool)
-    blind = position > int(read.nonzero().max())
-    return blind | ~read[position] if own_position_only else blind
+        return blind
+    position = torch.arange(per_layer) // per_pos
+    if causal:
+        blind |= position > int(read.nonzero().max())
+    if own_position_only:
+        blind |= ~read[position]
+    return blind
 
 
 @torch.no_grad()
@@ -510,14 +528,15 @@ def activation_patch(
         chunk_by_layer = [chunk_size] * len(layers)
     mask_shape = _mask_shape(spec, clean[0].shape)
     results = torch.empty(len(layers), per_layer, device=clean[0].device)  # filled without a sync per patch
-    blind = [_blind_patches(read, per_layer, per_pos, layer == last and layer in local) for layer in layers]
+    blind = [_blind_patches(read, per_layer, per_pos, _causal(model), layer == last and layer in local)
+             for layer in layers]
     chunks = [(i, index[s : s + chunk]) for i, chunk in enumerate(chunk_by_layer)
               for index in [torch.arange(per_layer)[~blind[i]]] for s in range(0, len(index), chunk)]
     unchanged = [(i, torch.arange(per_layer)[blind[i]]) for i in range(len(layers))]
     if any(len(index) for _, index in unchanged):
         base = metric(run.logits if run.logits is not None else model(corrupted_tokens))
         for i, index in unchanged:
-            results[i, index] = base
+            results[i, index] = base.to(results.dtype)
     for i, index in tqdm(chunks, disable=not progress, desc=f"patching {target}", dynamic_ncols=True):
         copies = len(index)
         onehot = torch.zeros(copies, per_layer, dtype=torch.bool)

@@ -413,3 +413,50 @@ def test_run_until_matches_run_with_cache_and_stops_early(models, tokens):
     assert _no_hooks(model)
     with pytest.raises(ValueError, match="unknown hook names"):
         run_until(model, tokens[0], ["blocks.0.hook_nothing"])
+
+
+def test_float64_model_with_skipped_patches(tokens):
+    model = build_model(dict(n_layers=2, d_model=16, d_head=4, n_heads=4, d_vocab=D_VOCAB, n_ctx=10, act_fn="gelu",
+                             normalization_type="LN", d_mlp=8, dtype=torch.float64), seed=2).eval()
+    clean, corrupted = tokens
+    metric = _logit_diff(clean, corrupted)
+    _, clean_cache = model.run_with_cache(clean)
+    theirs = tlp.get_act_patch_attn_head_out_by_pos(model, corrupted, clean_cache, metric)
+    ours = patching.activation_patch(model, clean, corrupted, metric, "head_out")
+    assert (ours.double() - theirs.double()).abs().max().item() <= 1e-5
+
+
+def test_hooks_already_attached_are_applied(models, tokens):
+    # The shortcuts that skip TL's attention would skip a user's hooks on it: with hooks attached, TL's path runs.
+    model = models["mlp_ln"]
+    clean, corrupted = tokens
+    metric = _logit_diff(clean, corrupted)
+
+    def zero_head_0(z, hook):
+        z = z.clone()
+        z[:, :, 0] = 0.0
+        return z
+
+    for name in (get_act_name("z", 1), get_act_name("attn_out", 1), get_act_name("resid_mid", 1)):
+        hook = zero_head_0 if name.endswith("hook_z") else (lambda x, hook: x * 0.5)
+        with model.hooks(fwd_hooks=[(name, hook)]):
+            _, clean_cache = model.run_with_cache(clean)
+            theirs = tlp.get_act_patch_attn_head_out_by_pos(model, corrupted, clean_cache, metric)
+            ours = patching.activation_patch(model, clean, corrupted, _undeclared(metric), "head_out")
+        assert (ours - theirs).abs().max().item() <= 1e-5, name
+        assert _no_hooks(model)
+
+
+@pytest.mark.parametrize("positions", ["standard", "alibi"])
+def test_bidirectional_attention(tokens, positions):
+    # A patch at position p reaches earlier positions too: nothing is skipped for being before p, no restarts.
+    model = build_model(dict(n_layers=2, d_model=16, d_head=4, n_heads=4, d_vocab=D_VOCAB, n_ctx=10, act_fn="gelu",
+                             normalization_type="LN", d_mlp=8, attention_dir="bidirectional",
+                             positional_embedding_type=positions), seed=3).eval()
+    clean, corrupted = tokens
+    metric = metrics.logit_diff(clean[:, 2], corrupted[:, 2], pos=2)
+    _, clean_cache = model.run_with_cache(clean)
+    for target in ("resid_pre", "head_out", "attn_out"):
+        theirs = TL_FUNCTIONS[target](model, corrupted, clean_cache, metric)
+        ours = patching.activation_patch(model, clean, corrupted, metric, target)
+        assert (ours - theirs).abs().max().item() <= 1e-5, target
