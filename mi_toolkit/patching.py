@@ -167,8 +167,8 @@ class _CorruptedRun:
     position ``p``. So a chunk of patches in layer ``l`` whose first position is ``p`` restarts from the corrupted
     residual stream ``resid_pre[l][:, p:]`` with the corrupted keys and values of positions ``< p`` as a frozen
     TransformerLens key-value cache, and the logits of positions ``< p`` are the corrupted ones. The result is the
-    same as a full forward pass up to float rounding; models with other positional embeddings than "standard" and
-    "rotary" take full forward passes.
+    same as a full forward pass up to float rounding; models that cannot restart (:func:`_can_restart`: attention
+    that looks ahead, positional embeddings other than "standard" and "rotary") take full forward passes.
     """
 
     tokens: Tensor
@@ -202,9 +202,10 @@ class _CorruptedRun:
         """Logits ``[copies * batch, pos, d_vocab_out]`` of ``copies`` repeats of the run with ``hooks`` attached.
 
         ``resid`` (``[copies * batch, pos - start, d_model]``) replaces the corrupted ``resid_pre`` of ``layer``
-        from position ``start`` on; it needs the key-value cache.
+        from position ``start`` on; it needs the key-value cache unless ``layer`` is ``n_layers`` (the final
+        norm and unembedding only).
         """
-        if self.kv is None:
+        if self.kv is None and resid is None:
             with model.hooks(fwd_hooks=hooks):
                 return model(self.tokens.repeat(copies, 1))
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
@@ -214,7 +215,7 @@ class _CorruptedRun:
         if resid is None:
             resid = self.acts[get_act_name("resid_pre", layer)][:, start:].repeat(copies, 1, 1)  # (copy * batch, pos - start, d_model)
         kwargs = {}
-        if start > 0:
+        if start > 0 and layer < model.cfg.n_layers:  # past keys and values for the blocks left
             entries = [
                 TransformerLensKeyValueCacheEntry(
                     e.past_keys[:, :start].repeat(copies, 1, 1, 1), e.past_values[:, :start].repeat(copies, 1, 1, 1),
@@ -264,10 +265,6 @@ def _local_patch_logits(
     name, z_name = get_act_name(act, layer), get_act_name("z", layer)
     corrupted = at_positions(run.acts[name])
     value = torch.where(mask[rows, :, positions], at_positions(clean), corrupted)  # (copy, batch, *rest)
-    hooks = [(name, _constant_hook(value.reshape(copies * batch, 1, *value.shape[2:])))]
-    if act != "z":
-        z = at_positions(run.acts[z_name])
-        hooks.insert(0, (z_name, _constant_hook(z.reshape(copies * batch, 1, *z.shape[2:]))))
     resid = at_positions(run.acts[get_act_name("resid_pre", layer)]).reshape(copies * batch, 1, -1)
     last = layer == model.cfg.n_layers - 1
     if act == "z" and _updatable(model, layer):  # the block from its heads' output on, without TL's attention
@@ -276,6 +273,10 @@ def _local_patch_logits(
         if last:
             out = model(out, start_at_layer=model.cfg.n_layers)  # final norm and unembedding
     else:
+        hooks = [(name, _constant_hook(value.reshape(copies * batch, 1, *value.shape[2:])))]
+        if act != "z":
+            z = at_positions(run.acts[z_name])
+            hooks.insert(0, (z_name, _constant_hook(z.reshape(copies * batch, 1, *z.shape[2:]))))
         with model.hooks(fwd_hooks=hooks):
             out = model(resid, start_at_layer=layer, stop_at_layer=None if last else layer + 1)
     if not last and _updatable(model, layer + 1):
@@ -394,15 +395,10 @@ def _next_layer_logits(
     attn_out = _attention_output(attn, z)
 
     resid_pre = run.acts[get_act_name("resid_pre", layer)][:, start:].repeat(copies, 1, 1)
-    resid_pre = resid_pre.view(copies, batch, n_pos - start, d_model)
-    resid_pre[torch.arange(copies, device=resid.device), :, positions - start] = resid
-    resid_post = _rest_of_block(model, layer, resid_pre.view(copies * batch, n_pos - start, d_model), attn_out)
-    if layer + 1 < cfg.n_layers:
-        return run.logits_with(model, layer + 1, start, copies, [], resid=resid_post)
-    suffix = model(resid_post, start_at_layer=cfg.n_layers)
-    if start == 0:
-        return suffix
-    return torch.cat([run.logits[:, :start].repeat(copies, 1, 1), suffix], dim=1)
+    resid_pre = resid_pre.view(copies, batch, n_query, d_model)
+    resid_pre[copy, :, query] = resid
+    resid_post = _rest_of_block(model, layer, resid_pre.view(copies * batch, n_query, d_model), attn_out)
+    return run.logits_with(model, layer + 1, start, copies, [], resid=resid_post)
 
 
 def _read_positions(metric: Metric, n_pos: int) -> Tensor | None:
@@ -499,11 +495,11 @@ def activation_patch(
     names = [get_act_name(spec.act, layer) for layer in layers]
     clean_cache = run_until(model, clean_tokens, names)
     clean = [clean_cache[name] for name in names]
-    restarts = _can_restart(model)
+    can_restart = _can_restart(model)
     last = model.cfg.n_layers - 1
     # Position-local patches run their own layer on one position (needs a key-value cache unless it is the last).
     local = {layer for layer in layers
-             if spec.act in _LOCAL_ACTS and spec.index[0] == "pos" and (restarts or layer == last)}
+             if spec.act in _LOCAL_ACTS and spec.index[0] == "pos" and (can_restart or layer == last)}
     kept = {get_act_name(act, layer) for layer in local for act in (spec.act, "z", "resid_pre")}
     kept |= {get_act_name("resid_pre", layer + 1) for layer in local if layer < last}
     rotary = model.cfg.positional_embedding_type == "rotary"

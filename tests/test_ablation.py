@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mi_toolkit import ablation
-from mi_toolkit._tl import get_act_name
+from mi_toolkit._tl import get_act_name, has_hooks
 from mi_toolkit.models import build_model
 
 D_VOCAB = 20
@@ -33,10 +33,6 @@ def tokens():
 @pytest.fixture(scope="module")
 def reference_tokens():
     return torch.randint(0, D_VOCAB, (6, 7), generator=torch.Generator().manual_seed(1))
-
-
-def _no_hooks(model) -> bool:
-    return all(not hp._forward_hooks and not hp._backward_hooks for hp in model.hook_dict.values())
 
 
 def _edited(model, **zeroed):
@@ -150,7 +146,7 @@ def test_ablation_effect_and_head_sweep(model, tokens, reference_tokens):
         reference = ref_cache[get_act_name("z", 1)] if how == "mean" else None
         single = ablation.ablation_effect(model, tokens, [(get_act_name("z", 1), ablation.ablate_heads([3], how, reference))])
         assert sweep[1, 3].item() == pytest.approx(single.effect, abs=1e-5)
-    assert _no_hooks(model)
+    assert not has_hooks(model)
 
 
 def test_errors_and_no_hooks_left(model, tokens):
@@ -161,14 +157,14 @@ def test_errors_and_no_hooks_left(model, tokens):
     wrong = torch.zeros(3, 5, 4, 4)  # pos 5, the run has 7
     with pytest.raises(ValueError, match="does not match"):
         _run(model, tokens, [(get_act_name("z", 0), ablation.ablate_heads([0], "mean", wrong))])
-    assert _no_hooks(model)
+    assert not has_hooks(model)
 
     def broken(logits):
         raise RuntimeError("metric failed")
 
     with pytest.raises(RuntimeError, match="metric failed"):
         ablation.ablation_effect(model, tokens, [(get_act_name("z", 0), ablation.ablate_heads([0]))], broken)
-    assert _no_hooks(model)
+    assert not has_hooks(model)
     with pytest.raises(RuntimeError, match="metric failed"):
         ablation.head_ablation_effects(model, tokens, metric=broken)
-    assert _no_hooks(model)
+    assert not has_hooks(model)

@@ -6,7 +6,7 @@ import torch
 import transformer_lens.patching as tlp
 
 from mi_toolkit import metrics, patching
-from mi_toolkit._tl import get_act_name, run_until
+from mi_toolkit._tl import get_act_name, has_hooks, run_until
 from mi_toolkit.models import build_model
 
 D_VOCAB = 20
@@ -79,10 +79,6 @@ def _logit_diff(clean, corrupted):
 def _undeclared(metric):
     """The same metric without the positions it declares: activation_patch then runs every patch."""
     return lambda logits: metric(logits)
-
-
-def _no_hooks(model) -> bool:
-    return all(not hp._forward_hooks and not hp._backward_hooks for hp in model.hook_dict.values())
 
 
 PARITY_CASES = [(m, t) for m in ("mlp_ln", "attn_only_ln") for t in TL_FUNCTIONS] + [
@@ -322,7 +318,7 @@ def test_no_hooks_left_when_metric_raises(models, tokens, fn):
     model = models["mlp_ln"]
     with pytest.raises(RuntimeError, match="metric failed"):
         fn(model, *tokens, _raising_metric, "head_out")
-    assert _no_hooks(model)
+    assert not has_hooks(model)
 
 
 @pytest.mark.parametrize("fn", [patching.activation_patch, patching.attribution_patch])
@@ -336,7 +332,7 @@ def test_no_hooks_left_when_model_raises(models, tokens, fn, monkeypatch):
     monkeypatch.setattr(model.unembed, "forward", broken_unembed)
     with pytest.raises(RuntimeError, match="model failed"):
         fn(model, *tokens, _logit_diff(*tokens), "head_out")
-    assert _no_hooks(model)
+    assert not has_hooks(model)
 
 
 # --- metrics ---
@@ -397,7 +393,7 @@ def test_declared_positions_are_checked(models, tokens):
     bad = metrics.reads(7)(lambda logits: logits[:, -1].sum())
     with pytest.raises(ValueError, match="outside a sequence"):
         patching.activation_patch(model, *tokens, bad, "head_out")
-    assert _no_hooks(model)
+    assert not has_hooks(model)
 
 
 def test_run_until_matches_run_with_cache_and_stops_early(models, tokens):
@@ -410,7 +406,7 @@ def test_run_until_matches_run_with_cache_and_stops_early(models, tokens):
     assert reached == []  # the MLP of layer 1 comes after the last activation asked for
     for name in names:
         torch.testing.assert_close(acts[name], cache[name], rtol=0, atol=0)
-    assert _no_hooks(model)
+    assert not has_hooks(model)
     with pytest.raises(ValueError, match="unknown hook names"):
         run_until(model, tokens[0], ["blocks.0.hook_nothing"])
 
@@ -444,7 +440,7 @@ def test_hooks_already_attached_are_applied(models, tokens):
             theirs = tlp.get_act_patch_attn_head_out_by_pos(model, corrupted, clean_cache, metric)
             ours = patching.activation_patch(model, clean, corrupted, _undeclared(metric), "head_out")
         assert (ours - theirs).abs().max().item() <= 1e-5, name
-        assert _no_hooks(model)
+        assert not has_hooks(model)
 
 
 @pytest.mark.parametrize("positions", ["standard", "alibi"])

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from mi_toolkit._tl import has_hooks
 from mi_toolkit.ablation import ablate
 from mi_toolkit.models import make_grokking_model
 from mi_toolkit.sae import SAE, SAEConfig
@@ -78,7 +79,7 @@ def test_hooks_work_with_run_with_hooks(setup):
         via_context = _edited(model, tokens, [splice_sae(sae, positions=-1)])[1]
         via_run = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, splice_sae(sae, positions=-1))])
     torch.testing.assert_close(via_context, via_run)
-    assert not any(hp._forward_hooks for hp in model.hook_dict.values())
+    assert not has_hooks(model)
 
 
 def test_steering_errors(setup):
