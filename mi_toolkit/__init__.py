@@ -2,33 +2,79 @@
 
 Grokking and its progress measures, patching and ablations, superposition and sparse autoencoders, as reusable
 functions that take a model and data and return tensors or small dataclasses; plots live in ``mi_toolkit.plot``.
+The package is layered in the order data flows (``ARCHITECTURE.md``): ``core`` -> ``tasks`` -> ``models`` ->
+``training`` -> ``analysis`` -> ``interventions`` -> ``plot`` -> ``report`` -> ``experiments`` -> ``cli``; everything a
+user needs is re-exported here, grouped by concept.
 """
 
-from mi_toolkit.fast_forward import final_position_logits
-from mi_toolkit.models import build_model, grokking_model_config, make_grokking_model
+# --- layers, as namespaces ---
+from mi_toolkit import analysis, core, experiments, interventions, models, plot, tasks, training
 
-# --- grokking / foundation (issue 2) ---
-from mi_toolkit import fourier, plot, progress
-from mi_toolkit.fourier import key_frequencies, logit_decomposition, neuron_clusters
-from mi_toolkit.grokking import GrokkingConfig, Run, load_run, run_grokking
-from mi_toolkit.progress import estimate_phases, evaluate_checkpoints, excluded_loss, gini, restricted_loss
-from mi_toolkit.tasks import ModularArithmetic
-from mi_toolkit.training import TrainConfig, train
+# --- concept modules, by their short names ---
+from mi_toolkit.analysis import fourier, metrics, patching, progress, superposition
+from mi_toolkit.analysis import logit_attribution as attribution
+from mi_toolkit.analysis import sae as sae_eval
+from mi_toolkit.interventions import ablation, steering
+from mi_toolkit.models import sae
+from mi_toolkit.tasks import induction
+from mi_toolkit.tasks import synthetic as ground_truth
 
-# --- patching, ablations, attribution, induction (issue 3) ---
-from mi_toolkit import ablation, attribution, induction, metrics, patching
-from mi_toolkit._tl import get_act_name  # hook names, for the ablation hook factories
-from mi_toolkit.ablation import ablate_heads, ablate_layer, ablate_neurons, ablate_subspace, ablation_effect
-from mi_toolkit.attribution import head_attribution, layer_attribution, logit_lens, neuron_attribution
-from mi_toolkit.induction import InductionTask, make_induction_model, model_head_scores, train_induction_model
-from mi_toolkit.patching import activation_patch, attribution_patch, attribution_patch_every, compare_patching
+# --- shared types, hooks and activations ---
+from mi_toolkit.core import ActivationStream, HookFn, Metric, Positions, Run, collect_activations, get_act_name
+from mi_toolkit.core.forward import final_position_logits
 
-# --- superposition and SAEs (issue 4) ---
-from mi_toolkit import ground_truth, sae, sae_eval, steering, superposition
-from mi_toolkit.ground_truth import GroundTruth, mmcs
-from mi_toolkit.sae import SAE, ActivationStream, SAEConfig, collect_activations, train_sae
-from mi_toolkit.sae_eval import ce_loss_recovered, decoder_spread, density_histogram, evaluate_sae, max_activating
-from mi_toolkit.steering import add_direction, clamp_feature, scale_feature, splice_sae
-from mi_toolkit.superposition import ToyModel, ToyModelConfig, superposition_metrics, train_toy_model
+# --- tasks ---
+from mi_toolkit.tasks import GroundTruth, InductionTask, ModularArithmetic, mmcs
+
+# --- models ---
+from mi_toolkit.models import (
+    SAE,
+    SAEConfig,
+    ToyModel,
+    ToyModelConfig,
+    build_model,
+    grokking_model_config,
+    make_grokking_model,
+    make_induction_model,
+)
+
+# --- training ---
+from mi_toolkit.training import TrainConfig, recipes, train, train_sae, train_toy_model
+
+# --- analysis: grokking ---
+from mi_toolkit.analysis.fourier import key_frequencies, logit_decomposition, neuron_clusters
+from mi_toolkit.analysis.progress import estimate_phases, evaluate_checkpoints, excluded_loss, gini, restricted_loss
+
+# --- analysis: patching, attribution, heads ---
+from mi_toolkit.analysis.heads import model_head_scores
+from mi_toolkit.analysis.logit_attribution import head_attribution, layer_attribution, logit_lens, neuron_attribution
+from mi_toolkit.analysis.patching import activation_patch, attribution_patch, attribution_patch_every, compare_patching
+
+# --- analysis: superposition and SAEs ---
+from mi_toolkit.analysis.sae import decoder_spread, density_histogram, evaluate_sae, max_activating
+from mi_toolkit.analysis.superposition import superposition_metrics
+
+# --- interventions ---
+from mi_toolkit.interventions import (
+    ablate_heads,
+    ablate_layer,
+    ablate_neurons,
+    ablate_subspace,
+    ablation_effect,
+    add_direction,
+    ce_loss_recovered,
+    clamp_feature,
+    scale_feature,
+    splice_sae,
+)
+
+# --- experiments ---
+from mi_toolkit.experiments import GrokkingConfig, load_run, run_grokking, train_induction_model
+from mi_toolkit.experiments import grokking
+
+# --- module names of the flat layout before 0.2 (moves listed in CHANGELOG.md) ---
+from mi_toolkit.core import forward as fast_forward
+from mi_toolkit.core import io as checkpoints
+from mi_toolkit.training import grokfast
 
 __version__ = "0.1.0"

@@ -8,7 +8,7 @@ __all__ = ["main"]
 
 
 def _grokking(args: argparse.Namespace) -> int:
-    from mi_toolkit.grokking import GrokkingConfig, run_grokking
+    from mi_toolkit.experiments.grokking import GrokkingConfig, run_grokking
 
     try:
         config = GrokkingConfig(p=args.p, seed=args.seed, frac_train=args.frac_train, recipe=args.recipe,

@@ -5,7 +5,12 @@ import json
 from pathlib import Path
 
 from mi_toolkit import plot
-from mi_toolkit.fourier import embedding_fourier_norms, logit_decomposition, neuron_activations, neuron_clusters
+from mi_toolkit.analysis.fourier import (
+    embedding_fourier_norms,
+    logit_decomposition,
+    neuron_activations,
+    neuron_clusters,
+)
 
 __all__ = ["write_html", "write_grokking_report"]
 

@@ -4,7 +4,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from mi_toolkit.fourier import fourier_basis_names
+from mi_toolkit.analysis.fourier import fourier_basis_names
 
 __all__ = [
     "embedding_fourier_norms",

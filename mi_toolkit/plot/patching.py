@@ -22,7 +22,7 @@ def patching_heatmap(
     - ``[layers, pos, n_heads]``: rows are ``L{layer} H{head}``, columns positions.
 
     Args:
-        result: from :func:`mi_toolkit.patching.activation_patch` or ``attribution_patch``.
+        result: from :func:`mi_toolkit.analysis.patching.activation_patch` or ``attribution_patch``.
         title: figure title.
         layers: the layer numbers of the rows (the ``layers`` passed to the patching call); default 0, 1, ...
         x_labels: column labels, e.g. the input's tokens as strings.
@@ -58,7 +58,7 @@ def attribution_vs_activation(comparison, *, title: str | None = None) -> go.Fig
     """Scatter of attribution-patching estimates against activation-patching results, with the line y = x.
 
     Args:
-        comparison: a :class:`mi_toolkit.patching.PatchingComparison`.
+        comparison: a :class:`mi_toolkit.analysis.patching.PatchingComparison`.
         title: figure title (default: the correlation and maximum error).
     """
     x, y = comparison.activation.numpy(), comparison.attribution.numpy()

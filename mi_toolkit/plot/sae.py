@@ -3,13 +3,13 @@
 import plotly.graph_objects as go
 import torch
 
-from mi_toolkit.sae_eval import DensityHistogram
+from mi_toolkit.analysis.sae import DensityHistogram
 
 __all__ = ["feature_density", "feature_activations"]
 
 
 def feature_density(hist: DensityHistogram) -> go.Figure:
-    """Histogram of log10 feature density (from :func:`mi_toolkit.sae_eval.density_histogram`)."""
+    """Histogram of log10 feature density (from :func:`mi_toolkit.analysis.sae.density_histogram`)."""
     edges = hist.log10_edges
     centres = ((edges[1:] + edges[:-1]) / 2).tolist()
     fig = go.Figure(go.Bar(x=centres, y=hist.counts.tolist(), width=(edges[1] - edges[0]).item()))

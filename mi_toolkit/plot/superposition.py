@@ -5,7 +5,8 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from mi_toolkit.superposition import SuperpositionMetrics, ToyModel
+from mi_toolkit.analysis.superposition import SuperpositionMetrics
+from mi_toolkit.models.toy import ToyModel
 
 __all__ = ["features_vs_sparsity", "superposition_geometry"]
 

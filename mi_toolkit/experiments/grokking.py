@@ -14,28 +14,28 @@ Run directory (stable format)::
 """
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
-import torch
+from mi_toolkit.analysis.fourier import frequencies_from_clusters, logit_decomposition, neuron_clusters
+from mi_toolkit.analysis.progress import (
+    estimate_phases,
+    evaluate_checkpoints,
+    excluded_loss,
+    grokking_measures,
+    restricted_loss,
+)
+from mi_toolkit.core.io import Run, load_json, save_json, save_tensors, write_jsonl
+from mi_toolkit.core.tl import HookedTransformer
+from mi_toolkit.experiments.runs import check_out_dir, load_model, register_loader
+from mi_toolkit.models.factory import build_model, model_config_dict, model_config_from_dict
+from mi_toolkit.models.presets import grokking_model_config
+from mi_toolkit.report import write_grokking_report
+from mi_toolkit.tasks.modular import ModularArithmetic
+from mi_toolkit.training.recipes import GROKKING_RECIPES
+from mi_toolkit.training.trainer import TrainConfig, train
 
-from mi_toolkit._tl import HookedTransformer
-from mi_toolkit.checkpoints import CheckpointError, load_json, load_tensors, save_json, save_tensors
-from mi_toolkit.fourier import frequencies_from_clusters, logit_decomposition, neuron_clusters
-from mi_toolkit.models import build_model, grokking_model_config, model_config_dict, model_config_from_dict
-from mi_toolkit.progress import estimate_phases, evaluate_checkpoints, excluded_loss, restricted_loss
-from mi_toolkit.tasks import ModularArithmetic
-from mi_toolkit.training import TrainConfig, train
-
-__all__ = ["RECIPES", "GrokkingConfig", "Run", "analyse", "load_run", "run_grokking"]
-
-RECIPES: dict[str, dict] = {
-    # Nanda et al.: full-batch AdamW, lr 1e-3, wd 1, betas (0.9, 0.98), 10 warmup steps, 40k epochs.
-    "paper": dict(steps=40_000, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10, grad_filter="none"),
-    # Chosen by measurement on 2 CPU cores (see README, "Choosing the fast recipe").
-    "fast": dict(steps=1_500, lr=3e-3, weight_decay=1.5, betas=(0.9, 0.98), warmup_steps=10, grad_filter="ema"),
-}
+__all__ = ["GrokkingConfig", "analyse", "run_grokking"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +47,8 @@ class GrokkingConfig:
     seed: int = 0
     """Fixes both the train/test split and the weight initialisation."""
     recipe: str = "fast"
-    """``"fast"`` (groks and finishes in under 1.5 minutes on 2 CPU cores) or ``"paper"`` (Nanda et al.'s exact settings)."""
+    """A name in :data:`~mi_toolkit.training.recipes.GROKKING_RECIPES`: ``"fast"`` (groks and finishes in under 1.5
+    minutes on 2 CPU cores) or ``"paper"`` (Nanda et al.'s exact settings)."""
     steps: int | None = None
     """Override the recipe's number of steps."""
     grad_filter: str | None = None
@@ -58,30 +59,19 @@ class GrokkingConfig:
     device: str = "cpu"
 
     def __post_init__(self):
-        if self.recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {self.recipe!r}; expected one of {sorted(RECIPES)}")
+        if self.recipe not in GROKKING_RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; expected one of {sorted(GROKKING_RECIPES)}")
         ModularArithmetic(p=self.p, op=self.op, frac_train=self.frac_train)  # validates p, op, frac_train
         self.train_config()  # validates the training settings
 
     def train_config(self) -> TrainConfig:
-        settings = dict(RECIPES[self.recipe])
+        """The recipe with this config's overrides."""
+        changes = dict(log_every=self.log_every, checkpoint_every=self.checkpoint_every)
         if self.steps is not None:
-            settings["steps"] = self.steps
+            changes["steps"] = self.steps
         if self.grad_filter is not None:
-            settings["grad_filter"] = self.grad_filter
-        return TrainConfig(**settings, log_every=self.log_every, checkpoint_every=self.checkpoint_every)
-
-
-@dataclasses.dataclass
-class Run:
-    """A grokking run loaded from its directory."""
-
-    path: Path
-    model: HookedTransformer
-    task: ModularArithmetic
-    history: list[dict]
-    config: dict
-    analysis: dict
+            changes["grad_filter"] = self.grad_filter
+        return GROKKING_RECIPES[self.recipe].replace(**changes)
 
 
 def run_grokking(out_dir: str | Path, config: GrokkingConfig = GrokkingConfig(), *, progress: bool = True,
@@ -92,11 +82,11 @@ def run_grokking(out_dir: str | Path, config: GrokkingConfig = GrokkingConfig(),
     non-empty directory is refused before work starts.
 
     Returns:
-        The finished run, as :func:`load_run` would return it.
+        The finished run, as :func:`mi_toolkit.load_run` would return it.
     """
     out = Path(out_dir)
     record = _config_record(config)
-    _check_out_dir(out, record)
+    check_out_dir(out, record, ("task", "seed", "recipe", "model"))
     out.mkdir(parents=True, exist_ok=True)
     task = ModularArithmetic(p=config.p, op=config.op, frac_train=config.frac_train, seed=config.seed,
                              device=config.device)
@@ -105,17 +95,16 @@ def run_grokking(out_dir: str | Path, config: GrokkingConfig = GrokkingConfig(),
     model = build_model(model_config_from_dict(record["model"]), seed=config.seed, device=config.device,
                         freeze_biases=True)
     started = time.perf_counter()
-    result = train(model, task, config.train_config(), out, progress=progress)
+    result = train(model, task, config.train_config(), out, progress=progress,
+                   measures=lambda m: grokking_measures(m, task))
     train_seconds = time.perf_counter() - started
     save_tensors(out / "model.safetensors", model.state_dict())
     started = time.perf_counter()
     history, analysis = analyse(model, task, result.history, out)
     analysis["seconds"] = {"train_this_call": round(train_seconds, 2),
                            "analysis": round(time.perf_counter() - started, 2)}
-    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    write_jsonl(out / "metrics.jsonl", history)
     if report:
-        from mi_toolkit.report import write_grokking_report  # plotly is only needed for the report
-
         started = time.perf_counter()
         write_grokking_report(out / "report.html", model, task, history, analysis)
         analysis["seconds"]["report"] = round(time.perf_counter() - started, 2)
@@ -152,28 +141,15 @@ def analyse(model: HookedTransformer, task: ModularArithmetic, history: list[dic
     return history, analysis
 
 
-def load_run(path: str | Path, device: str = "cpu") -> Run:
-    """Load a run directory written by :func:`run_grokking` (or ``mi-toolkit grokking``).
-
-    Returns:
-        A :class:`Run` with ``.model`` (final weights, eval mode), ``.task`` (its exact split), ``.history``.
-    """
-    path = Path(path)
-    record = load_json(path / "config.json")
+def _load(path: Path, record: dict, device: str) -> Run:
     split = load_json(path / "split.json")
     task = ModularArithmetic(p=split["p"], op=split.get("op", "+"), train_indices=split["train_indices"],
                              device=device)
-    model = build_model(model_config_from_dict(record["model"]), device=device, freeze_biases=True)
-    state, _ = load_tensors(path / "model.safetensors", device=device)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path / 'model.safetensors'} does not fit the model in config.json: {err}") from err
-    model.eval()
-    metrics = path / "metrics.jsonl"
-    history = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else []
-    analysis = load_json(path / "analysis.json") if (path / "analysis.json").exists() else {}
-    return Run(path, model, task, history, record, analysis)
+    model = load_model(path, build_model(model_config_from_dict(record["model"]), device=device, freeze_biases=True))
+    return Run(path, model, task, [], record, {})
+
+
+register_loader("grokking", _load)
 
 
 def _config_record(config: GrokkingConfig) -> dict:
@@ -186,18 +162,3 @@ def _config_record(config: GrokkingConfig) -> dict:
         "train": config.train_config().to_dict(),
         "grokking_config": dataclasses.asdict(config),
     }
-
-
-def _check_out_dir(out: Path, record: dict) -> None:
-    if not out.exists() or not any(out.iterdir()):
-        return
-    resumable = (out / "config.json").exists() and (out / "checkpoints" / "resume.json").exists()
-    if not resumable:
-        raise FileExistsError(
-            f"{out} is not empty and holds no resumable run; choose a new --out directory or empty this one"
-        )
-    saved = load_json(out / "config.json")
-    mine = json.loads(json.dumps(record))
-    for part in ("task", "seed", "recipe", "model"):
-        if saved.get(part) != mine[part]:
-            raise FileExistsError(f"{out} holds a run with a different {part}: {saved.get(part)} (now {mine[part]})")

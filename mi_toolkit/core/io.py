@@ -1,18 +1,22 @@
-"""Checkpoint files: tensors in safetensors, everything else in JSON; written atomically, read with clear errors.
+"""Run directories and checkpoint files: tensors in safetensors, everything else in JSON, written atomically and
+read with clear errors; and :class:`Run`, the record every experiment returns.
 
 Nothing here unpickles: a checkpoint from an untrusted source can at worst fail to load.
 """
 
+import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-__all__ = ["CheckpointError", "load_json", "load_tensors", "save_json", "save_tensors"]
+__all__ = ["CheckpointError", "Run", "load_json", "load_tensors", "read_jsonl", "save_json", "save_tensors",
+           "write_jsonl"]
 
 
 class CheckpointError(ValueError):
@@ -34,8 +38,6 @@ def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> tuple[
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
         tensors = load_file(str(path), device=str(device))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
@@ -58,3 +60,41 @@ def load_json(path: str | Path):
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"corrupt JSON in {path}: {err}") from err
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines file (``metrics.jsonl``); an absent file has none."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"corrupt JSON line in {path}: {err}") from err
+
+
+def write_jsonl(path: str | Path, records: list[dict]) -> None:
+    """Write ``records`` one JSON object per line, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained model with its data and record: what every experiment returns and :func:`mi_toolkit.load_run`
+    loads back from a run directory."""
+
+    path: Path | None
+    """The run directory (None for a run kept in memory)."""
+    model: Any
+    """The trained model (a ``HookedTransformer`` for the transformer experiments), in eval mode."""
+    task: Any
+    """The task it was trained on, with its exact data split."""
+    history: list[dict]
+    """One record per logged training step (``metrics.jsonl``)."""
+    config: dict
+    """Everything needed to rebuild the run (``config.json``)."""
+    analysis: dict
+    """The experiment's findings and timings (``analysis.json``)."""

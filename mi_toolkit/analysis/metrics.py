@@ -1,9 +1,9 @@
-"""Patching metrics: factories that return ``metric(logits) -> scalar`` ready for :mod:`mi_toolkit.patching`.
+"""Patching metrics: factories that return ``metric(logits) -> scalar`` ready for :mod:`mi_toolkit.analysis.patching`.
 
 Every metric is differentiable (attribution patching takes its gradient) and averages over the batch, so it gives
 the same number for one batch however many patched copies are run beside it. Each one also declares the positions
 whose logits it reads (its ``positions`` attribute; :func:`reads` does the same for your own metrics), so that
-:func:`mi_toolkit.patching.activation_patch` can skip the patches that cannot change them.
+:func:`mi_toolkit.analysis.patching.activation_patch` can skip the patches that cannot change them.
 
 >>> logits = torch.zeros(2, 3, 5); logits[:, -1, 1] = 2.0
 >>> logit_diff(torch.tensor([1, 1]), torch.tensor([0, 0]))(logits)
@@ -13,25 +13,23 @@ tensor(2.)
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from mi_toolkit.core.compat import renamed_kwargs
+from mi_toolkit.core.losses import answer_loss as _answer_loss
+from mi_toolkit.core.losses import next_token_loss
+from mi_toolkit.core.types import Logits, Metric, Positions, Tokens
 
 __all__ = [
     "answer_loss", "kl_to_clean", "logit_diff", "loss", "normalized", "normalized_logit_diff", "probability", "reads",
 ]
 
-Logits = Float[Tensor, "batch pos d_vocab_out"]
-Metric = Callable[[Logits], Float[Tensor, ""]]
-Positions = int | slice | Int[Tensor, " n"] | list[int]
-"""Which positions a metric reads: an index (default -1, the last), a slice, or a list/tensor of indices."""
-
-
 def reads(positions: Positions | None) -> Callable[[Metric], Metric]:
     """Declare the positions whose logits a metric reads (``None``: any).
 
     A patch that changes only other positions leaves such a metric at its corrupted value, and
-    :func:`mi_toolkit.patching.activation_patch` fills that value in without running the patch. A metric that
+    :func:`mi_toolkit.analysis.patching.activation_patch` fills that value in without running the patch. A metric that
     reads a position it does not declare gets wrong results there, so declare every position it reads.
 
     >>> @reads(-1)
@@ -47,19 +45,18 @@ def reads(positions: Positions | None) -> Callable[[Metric], Metric]:
     return declare
 
 
-def _as_batch(tokens: int | Int[Tensor, ""] | Int[Tensor, " batch"]) -> Tensor:
+def _as_batch(tokens: Tokens) -> Tensor:
     return torch.as_tensor(tokens).long().reshape(-1)
 
 
-def logit_diff(
-    correct: int | Int[Tensor, " batch"], incorrect: int | Int[Tensor, " batch"], pos: int = -1
-) -> Metric:
-    """Mean over the batch of ``logits[pos, correct] - logits[pos, incorrect]``.
+@renamed_kwargs(pos="positions")
+def logit_diff(correct: Tokens, incorrect: Tokens, positions: int = -1) -> Metric:
+    """Mean over the batch of ``logits[positions, correct] - logits[positions, incorrect]``.
 
     Args:
         correct: the answer token, one per sequence (or one for all).
         incorrect: the competing token, one per sequence (or one for all).
-        pos: the position whose logits are read.
+        positions: the (one) position whose logits are read.
 
     Returns:
         ``metric(logits) -> scalar``.
@@ -67,30 +64,31 @@ def logit_diff(
     correct, incorrect = _as_batch(correct), _as_batch(incorrect)
 
     def metric(logits: Logits) -> Float[Tensor, ""]:
-        last = logits[:, pos]  # (batch, d_vocab_out)
+        last = logits[:, positions]  # (batch, d_vocab_out)
         rows = torch.arange(len(last), device=last.device)
         good = last[rows, correct.to(last.device).expand(len(last))]
         bad = last[rows, incorrect.to(last.device).expand(len(last))]
         return (good - bad).mean()
 
-    return reads(pos)(metric)
+    return reads(positions)(metric)
 
 
-def probability(tokens: int | Int[Tensor, " batch"], pos: int = -1) -> Metric:
-    """Mean over the batch of the softmax probability of ``tokens`` at ``pos``.
+@renamed_kwargs(pos="positions")
+def probability(tokens: Tokens, positions: int = -1) -> Metric:
+    """Mean over the batch of the softmax probability of ``tokens`` at ``positions``.
 
     Args:
         tokens: the token whose probability is read, one per sequence (or one for all).
-        pos: the position whose logits are read.
+        positions: the (one) position whose logits are read.
     """
     tokens = _as_batch(tokens)
 
     def metric(logits: Logits) -> Float[Tensor, ""]:
-        probs = logits[:, pos].softmax(-1)
+        probs = logits[:, positions].softmax(-1)
         rows = torch.arange(len(probs), device=probs.device)
         return probs[rows, tokens.to(probs.device).expand(len(probs))].mean()
 
-    return reads(pos)(metric)
+    return reads(positions)(metric)
 
 
 def loss(tokens: Int[Tensor, "batch pos"], positions: Positions | None = None) -> Metric:
@@ -110,38 +108,37 @@ def loss(tokens: Int[Tensor, "batch pos"], positions: Positions | None = None) -
         chosen = chosen[positions].reshape(-1)
 
     def metric(logits: Logits) -> Float[Tensor, ""]:
-        where = chosen.to(logits.device)
-        predicted = logits[:, where]  # (batch, n, d_vocab_out)
-        labels = tokens.to(logits.device)[:, where + 1]
-        return F.cross_entropy(predicted.flatten(0, 1), labels.flatten())
+        return next_token_loss(logits, tokens.to(logits.device), chosen.to(logits.device))
 
     return reads(chosen.tolist())(metric)
 
 
-def answer_loss(answers: int | Int[Tensor, " batch"], pos: int = -1) -> Metric:
+@renamed_kwargs(pos="positions")
+def answer_loss(answers: Tokens, positions: int = -1) -> Metric:
     """Cross-entropy of the answer token at one position (e.g. ``(a + b) mod p`` at the '=' token).
 
     Args:
         answers: the correct token, one per sequence (or one for all).
-        pos: the position whose logits are scored.
+        positions: the (one) position whose logits are scored.
     """
     answers = _as_batch(answers)
 
     def metric(logits: Logits) -> Float[Tensor, ""]:
-        last = logits[:, pos]
-        return F.cross_entropy(last, answers.to(last.device).expand(len(last)))
+        last = logits[:, positions]
+        return _answer_loss(last, answers.to(last.device).expand(len(last)))
 
-    return reads(pos)(metric)
+    return reads(positions)(metric)
 
 
-def kl_to_clean(clean_logits: Logits, pos: Positions | None = -1) -> Metric:
+@renamed_kwargs(pos="positions")
+def kl_to_clean(clean_logits: Logits, positions: Positions | None = -1) -> Metric:
     """KL(clean || patched) of the next-token distributions, summed over the vocabulary, averaged over the rest.
 
     Args:
         clean_logits: logits of the clean run.
-        pos: positions compared (default the last; None: all).
+        positions: positions compared (default the last; None: all).
     """
-    where = slice(None) if pos is None else pos
+    where = slice(None) if positions is None else positions
     clean_log_probs = clean_logits.detach()[:, where].log_softmax(-1)
 
     def metric(logits: Logits) -> Float[Tensor, ""]:
@@ -149,7 +146,7 @@ def kl_to_clean(clean_logits: Logits, pos: Positions | None = -1) -> Metric:
         reference = clean_log_probs.to(log_probs.device)
         return (reference.exp() * (reference - log_probs)).sum(-1).mean()
 
-    return reads(pos)(metric)
+    return reads(positions)(metric)
 
 
 def normalized(metric: Metric, clean_logits: Logits, corrupted_logits: Logits) -> Metric:
@@ -178,12 +175,9 @@ def normalized(metric: Metric, clean_logits: Logits, corrupted_logits: Logits) -
     return reads(getattr(metric, "positions", None))(rescaled)
 
 
+@renamed_kwargs(pos="positions")
 def normalized_logit_diff(
-    correct: int | Int[Tensor, " batch"],
-    incorrect: int | Int[Tensor, " batch"],
-    clean_logits: Logits,
-    corrupted_logits: Logits,
-    pos: int = -1,
+    correct: Tokens, incorrect: Tokens, clean_logits: Logits, corrupted_logits: Logits, positions: int = -1
 ) -> Metric:
     """:func:`logit_diff` rescaled so that clean = 1 and corrupted = 0 (see :func:`normalized`)."""
-    return normalized(logit_diff(correct, incorrect, pos), clean_logits, corrupted_logits)
+    return normalized(logit_diff(correct, incorrect, positions), clean_logits, corrupted_logits)

@@ -4,14 +4,14 @@ import dataclasses
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
 
-from mi_toolkit._tl import HookedTransformer
-from mi_toolkit.fast_forward import final_position_logits
+from mi_toolkit.core.forward import final_position_forward, final_position_logits
+from mi_toolkit.core.losses import answer_loss
+from mi_toolkit.core.tl import HookedTransformer
 
-__all__ = ["OPERATIONS", "ModularArithmetic", "last_token_loss"]
+__all__ = ["OPERATIONS", "ModularArithmetic"]
 
 OPERATIONS = {
     "+": lambda a, b, p: (a + b) % p,
@@ -20,20 +20,14 @@ OPERATIONS = {
 }
 
 
-def last_token_loss(
-    logits: Float[Tensor, "batch d_vocab_out"], labels: Int[Tensor, " batch"]
-) -> Float[Tensor, ""]:
-    """Cross-entropy of last-position logits, computed in float64 as in Nanda et al. (the loss falls to ~1e-7)."""
-    return F.cross_entropy(logits.to(torch.float64), labels)
-
-
 @dataclasses.dataclass(frozen=True)
 class ModularArithmetic:
     """The dataset of ``(a op b) mod p`` with a seeded train/test split.
 
     Rows are all pairs in row-major order (row ``a * p + b``); the input is ``[a, b, p]`` (token ``p`` is '='),
     the label ``(a op b) mod p``. It is also a training task for :func:`mi_toolkit.training.train`: full-batch
-    steps over the training rows, loss at the last position only.
+    steps over the training rows, loss at the last position only (cross-entropy in float64, as in Nanda et al.:
+    the loss falls to ~1e-7).
 
     Args:
         p: the modulus (>= 3; a prime for the Fourier analysis to be exact).
@@ -122,9 +116,16 @@ class ModularArithmetic:
 
     def loss(self, model: HookedTransformer, batch: tuple[Tensor, Tensor]) -> Tensor:
         tokens, labels = batch
-        return last_token_loss(final_position_logits(model, tokens), labels)
+        return answer_loss(final_position_logits(model, tokens), labels, dtype=torch.float64)
 
     def evaluate(self, model: HookedTransformer) -> dict[str, float]:
-        from mi_toolkit.progress import evaluate_modular  # progress imports this module
-
-        return evaluate_modular(model, self)
+        """Loss and accuracy on the train and test splits (the progress measures of grokking are
+        :func:`mi_toolkit.analysis.progress.grokking_measures`)."""
+        with torch.no_grad():
+            logits = final_position_forward(model, self.tokens).logits
+            out = {}
+            for split, idx in (("train", self.train_indices), ("test", self.test_indices)):
+                lg, lab = logits[idx], self.labels[idx]
+                out[f"{split}_loss"] = answer_loss(lg, lab, dtype=torch.float64).item()
+                out[f"{split}_acc"] = (lg.argmax(-1) == lab).float().mean().item()
+        return out

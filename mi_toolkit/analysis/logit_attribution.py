@@ -17,11 +17,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mi_toolkit._tl import ActivationCache
+from mi_toolkit.core.compat import renamed_kwargs
+from mi_toolkit.core.tl import ActivationCache
+from mi_toolkit.core.types import Tokens
 
 __all__ = ["Attribution", "LogitLens", "head_attribution", "layer_attribution", "logit_lens", "neuron_attribution"]
 
-Tokens = int | Int[Tensor, ""] | Int[Tensor, " batch"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,15 +46,16 @@ def _directions(cache: ActivationCache, correct: Tokens, incorrect: Tokens | Non
     return direction if weight is None else direction * weight
 
 
-def _attribute(cache: ActivationCache, stack: Tensor, correct, incorrect, pos: int) -> Float[Tensor, " component"]:
-    """Mean over the batch of each component's contribution to the logit (difference) at ``pos``."""
-    scaled = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=pos)  # (component, batch, d_model)
+def _attribute(cache: ActivationCache, stack: Tensor, correct, incorrect, positions: int) -> Float[Tensor, " component"]:
+    """Mean over the batch of each component's contribution to the logit (difference) at ``positions``."""
+    scaled = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=positions)  # (component, batch, d_model)
     directions = _directions(cache, correct, incorrect)
     return (scaled * directions).sum(-1).mean(-1)
 
 
+@renamed_kwargs(pos="positions")
 def head_attribution(
-    cache: ActivationCache, correct: Tokens, incorrect: Tokens | None = None, pos: int = -1
+    cache: ActivationCache, correct: Tokens, incorrect: Tokens | None = None, positions: int = -1
 ) -> Float[Tensor, "layer head_index"]:
     """Direct logit attribution of every attention head (without ``b_O``), averaged over the batch.
 
@@ -61,18 +63,19 @@ def head_attribution(
         cache: a cache of the whole model (``model.run_with_cache(tokens)``), with its batch axis.
         correct: the token(s) whose logit is attributed, one per sequence or one for all.
         incorrect: if given, attribute the logit difference ``correct - incorrect``.
-        pos: the position whose logits are attributed.
+        positions: the (one) position whose logits are attributed.
 
     Returns:
         ``[n_layers, n_heads]``.
     """
     cfg = cache.model.cfg
-    stack = cache.stack_head_results(layer=-1, pos_slice=pos)  # (layer * head, batch, d_model)
-    return _attribute(cache, stack, correct, incorrect, pos).view(cfg.n_layers, cfg.n_heads)
+    stack = cache.stack_head_results(layer=-1, pos_slice=positions)  # (layer * head, batch, d_model)
+    return _attribute(cache, stack, correct, incorrect, positions).view(cfg.n_layers, cfg.n_heads)
 
 
+@renamed_kwargs(pos="positions")
 def layer_attribution(
-    cache: ActivationCache, correct: Tokens, incorrect: Tokens | None = None, pos: int = -1
+    cache: ActivationCache, correct: Tokens, incorrect: Tokens | None = None, positions: int = -1
 ) -> Attribution:
     """Direct logit attribution of the embeddings and of every attention and MLP layer (biases included).
 
@@ -80,17 +83,18 @@ def layer_attribution(
         cache: a cache of the whole model, with its batch axis.
         correct: the token(s) whose logit is attributed.
         incorrect: if given, attribute the logit difference.
-        pos: the position whose logits are attributed.
+        positions: the (one) position whose logits are attributed.
 
     Returns:
         Values and TL's labels (``"embed"``, ``"pos_embed"``, ``"0_attn_out"``, ``"0_mlp_out"``, ...).
     """
-    stack, labels = cache.decompose_resid(layer=-1, pos_slice=pos, return_labels=True)
-    return Attribution(_attribute(cache, stack, correct, incorrect, pos), labels)
+    stack, labels = cache.decompose_resid(layer=-1, pos_slice=positions, return_labels=True)
+    return Attribution(_attribute(cache, stack, correct, incorrect, positions), labels)
 
 
+@renamed_kwargs(pos="positions")
 def neuron_attribution(
-    cache: ActivationCache, correct: Tokens, incorrect: Tokens | None = None, pos: int = -1
+    cache: ActivationCache, correct: Tokens, incorrect: Tokens | None = None, positions: int = -1
 ) -> Float[Tensor, "layer d_mlp"]:
     """Direct logit attribution of every MLP neuron (without ``b_out``), averaged over the batch.
 
@@ -98,7 +102,7 @@ def neuron_attribution(
         cache: a cache of the whole model (with MLPs), with its batch axis.
         correct: the token(s) whose logit is attributed.
         incorrect: if given, attribute the logit difference.
-        pos: the position whose logits are attributed.
+        positions: the (one) position whose logits are attributed.
 
     Returns:
         ``[n_layers, d_mlp]``.
@@ -106,8 +110,8 @@ def neuron_attribution(
     cfg = cache.model.cfg
     if cfg.attn_only:
         raise ValueError("the model is attention-only: it has no neurons")
-    stack = cache.stack_neuron_results(layer=cfg.n_layers, pos_slice=pos)  # (layer * d_mlp, batch, d_model)
-    return _attribute(cache, stack, correct, incorrect, pos).view(cfg.n_layers, cfg.d_mlp)
+    stack = cache.stack_neuron_results(layer=cfg.n_layers, pos_slice=positions)  # (layer * d_mlp, batch, d_model)
+    return _attribute(cache, stack, correct, incorrect, positions).view(cfg.n_layers, cfg.d_mlp)
 
 
 @dataclasses.dataclass(frozen=True)

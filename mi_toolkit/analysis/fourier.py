@@ -12,7 +12,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mi_toolkit._tl import HookedTransformer, get_act_name, run_until
+from mi_toolkit.core.activations import run_until
+from mi_toolkit.core.tl import HookedTransformer, get_act_name
 
 __all__ = [
     "NeuronClusters",

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mi_toolkit._tl import HookedTransformer, has_hooks
+from mi_toolkit.core.architectures import supports, unmet_requirements
+from mi_toolkit.core.tl import HookedTransformer
 
 __all__ = ["FinalPosition", "final_position_forward", "final_position_logits", "supports_fast_path"]
 
@@ -28,8 +29,9 @@ class FinalPosition(NamedTuple):
 
 
 def supports_fast_path(model: HookedTransformer) -> bool:
-    """Whether :func:`final_position_logits` can skip work for this model (else it runs the full forward)."""
-    return _architecture_supported(model) and not has_hooks(model)
+    """Whether :func:`final_position_logits` can skip work for this model (else it runs the full forward); see
+    :mod:`mi_toolkit.core.architectures`."""
+    return supports(model, "final_position")
 
 
 def final_position_logits(
@@ -56,8 +58,10 @@ def final_position_forward(model: HookedTransformer, tokens: Int[Tensor, "batch 
     Raises:
         ValueError: the model's architecture is not covered (see :func:`supports_fast_path`).
     """
-    if not _architecture_supported(model):
-        raise ValueError("final_position_forward does not cover this architecture; use run_with_cache")
+    unmet = [r for r in unmet_requirements(model, "final_position") if r != "no hooks attached"]
+    if unmet:  # hooks attached are allowed here: they simply do not fire
+        raise ValueError(f"final_position_forward does not cover this architecture (needs: {'; '.join(unmet)}); "
+                         "use run_with_cache")
     cfg = model.cfg
     batch, n_pos = tokens.shape
     n_heads, d_model, d_head = model.blocks[-1].attn.W_Q.shape
@@ -120,19 +124,3 @@ def _first_block_qkv_by_lookup(model: HookedTransformer, tokens: Int[Tensor, "ba
 
 def _heads_to_columns(w: Float[Tensor, "head_index d_model d_head"]) -> Float[Tensor, "d_model hd"]:
     return w.permute(1, 0, 2).reshape(w.shape[1], -1)
-
-
-def _architecture_supported(model: HookedTransformer) -> bool:
-    cfg = model.cfg
-    return (
-        cfg.positional_embedding_type == "standard"
-        and cfg.attention_dir == "causal"
-        and getattr(cfg, "n_key_value_heads", None) is None
-        and not getattr(cfg, "use_qk_norm", False)
-        and (getattr(cfg, "attn_scores_soft_cap", -1.0) or -1.0) <= 0
-        and (getattr(cfg, "output_logits_soft_cap", -1.0) or -1.0) <= 0
-        and cfg.attn_types is None
-        and not cfg.gated_mlp
-        and not cfg.parallel_attn_mlp
-        and not str(cfg.act_fn).endswith("_ln")  # those MLPs normalise inside
-    )

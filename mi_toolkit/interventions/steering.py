@@ -3,12 +3,12 @@
 Every factory returns a forward hook ``fn(activation, hook) -> activation`` (the same form as the ablation and
 patching hooks), to attach with ``model.hooks(fwd_hooks=[(hook_name, fn)])`` or ``model.run_with_hooks``; several
 hooks, at one point or many, compose by listing them. ``positions`` picks the sequence positions to edit (an index,
-a slice, or None for all), as in :class:`mi_toolkit.sae.ActivationStream`.
+a slice, or None for all), as in :class:`mi_toolkit.core.activations.ActivationStream`.
 
 Clamping and scaling keep the SAE's reconstruction error: only the chosen feature's contribution
 ``f_i W_dec[i]`` changes, so an unchanged feature leaves the activation exactly as it was.
 
->>> from mi_toolkit.sae import SAE, SAEConfig
+>>> from mi_toolkit.models import SAE, SAEConfig
 >>> sae = SAE(SAEConfig(d_in=4, d_sae=8))
 >>> x = torch.randn(2, 3, 4)
 >>> torch.equal(scale_feature(sae, 0, 1.0)(x, None), x)
@@ -19,13 +19,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mi_toolkit.ablation import HookFn
-from mi_toolkit.sae import SAE, Positions, apply_at_positions
+from mi_toolkit.core.activations import apply_at_positions
+from mi_toolkit.core.types import HookFn, Positions
+from mi_toolkit.models.sae import SAE
 
 __all__ = ["add_direction", "clamp_feature", "scale_feature", "splice_sae"]
 
 
-def splice_sae(sae: SAE, *, positions: Positions = None) -> HookFn:
+def splice_sae(sae: SAE, *, positions: Positions | None = None) -> HookFn:
     """Replace the activation with the SAE's reconstruction (error term dropped).
 
     Args:
@@ -57,7 +58,7 @@ def _edit_feature(sae: SAE, feature: int, new_value, positions: Positions) -> Ho
     return hook
 
 
-def clamp_feature(sae: SAE, feature: int, value: float, *, positions: Positions = None) -> HookFn:
+def clamp_feature(sae: SAE, feature: int, value: float, *, positions: Positions | None = None) -> HookFn:
     """Set feature ``feature`` to ``value`` (e.g. 0 to switch it off, or a multiple of its max activation).
 
     Args:
@@ -72,7 +73,7 @@ def clamp_feature(sae: SAE, feature: int, value: float, *, positions: Positions 
     return _edit_feature(sae, feature, lambda f_i: torch.full_like(f_i, value), positions)
 
 
-def scale_feature(sae: SAE, feature: int, factor: float, *, positions: Positions = None) -> HookFn:
+def scale_feature(sae: SAE, feature: int, factor: float, *, positions: Positions | None = None) -> HookFn:
     """Multiply feature ``feature``'s activation by ``factor`` (0 ablates it; 1 is a no-op).
 
     Args:
@@ -88,7 +89,7 @@ def scale_feature(sae: SAE, feature: int, factor: float, *, positions: Positions
 
 
 def add_direction(
-    direction: Float[Tensor, " d_in"], coefficient: float = 1.0, *, positions: Positions = None
+    direction: Float[Tensor, " d_in"], coefficient: float = 1.0, *, positions: Positions | None = None
 ) -> HookFn:
     """Add ``coefficient * direction`` to the activation (activation addition; e.g. an SAE decoder row).
 

@@ -2,27 +2,25 @@
 
 - :func:`evaluate_sae`: L0, MSE, explained variance and per-feature firing density (dead / ultra-low density).
 - :func:`density_histogram`: the log10 feature-density histogram (the shape SAE papers plot).
-- :func:`ce_loss_recovered`: the model's loss with the SAE spliced in at its hook, against the clean model and
-  against zero- and mean-ablating that hook: ``(L_ablated - L_sae) / (L_ablated - L_clean)``.
+- (the downstream loss with the SAE spliced in is :func:`mi_toolkit.interventions.ce_loss_recovered`.)
 - :func:`max_activating`: the inputs (sequence, position) on which each feature fires most.
 - :func:`decoder_spread`: how many basis dimensions (e.g. MLP neurons) each decoder direction spreads over.
 """
 
 import dataclasses
 import math
-from collections.abc import Callable
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from mi_toolkit._tl import HookedTransformer
-from mi_toolkit.ablation import ablate
-from mi_toolkit.sae import SAE, ActivationStream, Positions, check_hook_name
-from mi_toolkit.steering import splice_sae
+from mi_toolkit.core.activations import ActivationStream
+from mi_toolkit.core.tl import HookedTransformer
+from mi_toolkit.core.types import Positions
+from mi_toolkit.models.sae import SAE
 
-__all__ = ["DecoderSpread", "DensityHistogram", "LossRecovered", "MaxActivating", "SAEMetrics", "ce_loss_recovered",
-           "decoder_spread", "density_histogram", "evaluate_sae", "max_activating"]
+__all__ = ["DecoderSpread", "DensityHistogram", "MaxActivating", "SAEMetrics", "decoder_spread", "density_histogram",
+           "evaluate_sae", "max_activating"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +56,7 @@ def evaluate_sae(
 
     Args:
         sae: the SAE.
-        activations: held-out activations, e.g. from :func:`mi_toolkit.sae.collect_activations`.
+        activations: held-out activations, e.g. from :func:`mi_toolkit.core.activations.collect_activations`.
         ultra_low_density: density below which a live feature counts as ultra-low density.
         batch_size: rows encoded at once.
 
@@ -110,77 +108,6 @@ def density_histogram(density: Float[Tensor, " d_sae"], *, n_bins: int = 40) -> 
 
 
 @dataclasses.dataclass(frozen=True)
-class LossRecovered:
-    """The model's loss clean, with the SAE spliced in, and with the hook zero- or mean-ablated."""
-
-    clean: float
-    sae: float
-    zero_ablated: float
-    mean_ablated: float
-
-    @property
-    def recovered_vs_zero(self) -> float:
-        """``(L_zero - L_sae) / (L_zero - L_clean)``: 1 when the SAE costs nothing, 0 when it is as bad as zeros."""
-        return (self.zero_ablated - self.sae) / (self.zero_ablated - self.clean)
-
-    @property
-    def recovered_vs_mean(self) -> float:
-        """As :attr:`recovered_vs_zero`, against mean ablation (the harder baseline when zero is far off)."""
-        return (self.mean_ablated - self.sae) / (self.mean_ablated - self.clean)
-
-
-def ce_loss_recovered(
-    model: HookedTransformer,
-    sae: SAE,
-    hook_name: str,
-    tokens: Int[Tensor, "batch pos"],
-    *,
-    positions: Positions = None,
-    loss_fn: Callable[[Float[Tensor, "batch pos d_vocab_out"]], Float[Tensor, ""]] | None = None,
-) -> LossRecovered:
-    """Cross-entropy loss with the SAE spliced in at ``hook_name``, against the clean and ablated model.
-
-    Args:
-        model: the model the SAE was trained on.
-        sae: the SAE.
-        hook_name: where it reads and is spliced in.
-        tokens: an evaluation batch (one forward pass each).
-        positions: the positions the SAE replaces (and the ablations ablate); None for all.
-        loss_fn: loss of the logits; default next-token cross-entropy on ``tokens``. For a last-position task,
-            e.g. ``lambda logits: last_token_loss(logits[:, -1], task.labels)``.
-
-    Returns:
-        A :class:`LossRecovered`.
-
-    Raises:
-        ValueError: unknown hook name, or an SAE whose ``d_in`` does not match the hook's activation.
-    """
-    check_hook_name(model, hook_name)
-    if loss_fn is None:
-        from transformer_lens.utilities import lm_cross_entropy_loss
-
-        def loss_fn(logits):
-            return lm_cross_entropy_loss(logits, tokens)
-
-    stream = ActivationStream(model, hook_name, tokens[:1], positions)
-    if stream.d_in != sae.cfg.d_in:
-        raise ValueError(f"hook {hook_name!r} has activations of size {stream.d_in}, the SAE reads {sae.cfg.d_in}")
-    with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens, names_filter=hook_name)
-        index = () if positions is None else (positions,)
-        runs = {
-            "sae": splice_sae(sae, positions=positions),
-            "zero_ablated": ablate(index, "zero"),
-            "mean_ablated": ablate(index, "mean", reference=cache[hook_name]),
-        }
-        losses = {"clean": loss_fn(logits).item()}
-        for name, hook in runs.items():
-            with model.hooks(fwd_hooks=[(hook_name, hook)]):
-                losses[name] = loss_fn(model(tokens)).item()
-    return LossRecovered(**losses)
-
-
-@dataclasses.dataclass(frozen=True)
 class MaxActivating:
     """For every feature, the ``k`` inputs where it fires most (entries with value 0 are fillers)."""
 
@@ -199,7 +126,7 @@ def max_activating(
     tokens: Int[Tensor, "batch pos"],
     *,
     k: int = 10,
-    positions: Positions = None,
+    positions: Positions | None = None,
     batch_size: int = 256,
 ) -> MaxActivating:
     """The top-``k`` activating (sequence, position) pairs of every feature, streamed over ``tokens``.

@@ -21,23 +21,24 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mi_toolkit._tl import HookedTransformer
-from mi_toolkit.checkpoints import load_tensors
-from mi_toolkit.fast_forward import final_position_forward
-from mi_toolkit.fourier import (
+from mi_toolkit.analysis.fourier import (
     embedding_fourier_norms,
     fourier_basis,
     sum_frequency_directions,
     unembedding_fourier_norms,
 )
-from mi_toolkit.tasks import last_token_loss
-from mi_toolkit.training import list_checkpoints
+from mi_toolkit.core.forward import final_position_forward
+from mi_toolkit.core.io import load_tensors
+from mi_toolkit.core.losses import answer_loss
+from mi_toolkit.core.tl import HookedTransformer
+from mi_toolkit.training.trainer import list_checkpoints
 
 __all__ = [
     "Phases",
     "evaluate_checkpoints",
     "evaluate_modular",
     "excluded_loss",
+    "grokking_measures",
     "excluded_loss_per_frequency",
     "estimate_phases",
     "gini",
@@ -65,19 +66,20 @@ def sum_squared_weights(model: torch.nn.Module) -> float:
     return float(sum((p.detach().double() ** 2).sum() for p in model.parameters() if p.requires_grad))
 
 
-def evaluate_modular(model: HookedTransformer, task) -> dict[str, float]:
-    """Losses, accuracies and the measures that need no key frequencies, for a :class:`ModularArithmetic` task."""
+def grokking_measures(model: HookedTransformer, task) -> dict[str, float]:
+    """The progress measures that need no key frequencies: Gini of the Fourier norms of ``W_E`` and ``W_out W_U``,
+    and the sum of squared weights. Recorded during training with ``train(..., measures=...)``."""
     with torch.no_grad():
-        logits = final_position_forward(model, task.tokens).logits
-        out = {}
-        for split, idx in (("train", task.train_indices), ("test", task.test_indices)):
-            lg, lab = logits[idx], task.labels[idx]
-            out[f"{split}_loss"] = last_token_loss(lg, lab).item()
-            out[f"{split}_acc"] = (lg.argmax(-1) == lab).float().mean().item()
-        out["gini_embed"] = gini(embedding_fourier_norms(model, task.p))
-        out["gini_unembed"] = gini(unembedding_fourier_norms(model, task.p))
-        out["weight_norm"] = sum_squared_weights(model)
-    return out
+        return {
+            "gini_embed": gini(embedding_fourier_norms(model, task.p)),
+            "gini_unembed": gini(unembedding_fourier_norms(model, task.p)),
+            "weight_norm": sum_squared_weights(model),
+        }
+
+
+def evaluate_modular(model: HookedTransformer, task) -> dict[str, float]:
+    """Losses and accuracies of a :class:`~mi_toolkit.tasks.ModularArithmetic` task and :func:`grokking_measures`."""
+    return {**task.evaluate(model), **grokking_measures(model, task)}
 
 
 def _neuron_path(model: HookedTransformer, task):
@@ -136,7 +138,7 @@ def _split_loss(logits: Tensor, task, split: str) -> float:
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     idx = {"train": task.train_indices, "test": task.test_indices}.get(split, slice(None))
-    return last_token_loss(logits[idx], task.labels[idx]).item()
+    return answer_loss(logits[idx], task.labels[idx], dtype=torch.float64).item()
 
 
 def evaluate_checkpoints(model: HookedTransformer, task, checkpoints, key_freqs) -> list[dict]:

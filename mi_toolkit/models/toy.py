@@ -7,10 +7,11 @@ weighted squared error ``sum_i I_i (x_i - x'_i)^2``. The *neuron* variant puts a
 orthogonal directions and drop the rest; sparse inputs pack more features than dimensions (n = 5, m = 2: a
 pentagon). Every instance has its own feature probability, so a whole sparsity sweep is one einsum per step.
 
->>> cfg = ToyModelConfig(n_features=5, d_hidden=2, feature_probability=(1.0, 0.05), steps=10)
->>> model = train_toy_model(cfg, progress=False)
->>> superposition_metrics(model).norms.shape
-torch.Size([2, 5])
+Training is :func:`mi_toolkit.training.train_toy_model`; the geometry is :func:`mi_toolkit.analysis.superposition_metrics`.
+
+>>> model = ToyModel(ToyModelConfig(n_features=5, d_hidden=2, feature_probability=(1.0, 0.05)))
+>>> model.W.shape, model(model.sample(3, torch.Generator().manual_seed(0))).shape
+(torch.Size([2, 2, 5]), torch.Size([3, 2, 5]))
 """
 
 import dataclasses
@@ -20,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-__all__ = ["SuperpositionMetrics", "ToyModel", "ToyModelConfig", "superposition_metrics", "train_toy_model"]
+__all__ = ["ToyModel", "ToyModelConfig"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,72 +104,3 @@ class ToyModel(nn.Module):
     def loss(self, x: Float[Tensor, "batch instance n_features"]) -> Float[Tensor, " instance"]:
         """Importance-weighted squared error, summed over features and averaged over the batch, per instance."""
         return (self.importance * (x - self(x)) ** 2).sum(-1).mean(0)
-
-
-def train_toy_model(cfg: ToyModelConfig, *, device: str | torch.device = "cpu", progress: bool = True) -> ToyModel:
-    """Train every instance of a :class:`ToyModel` at once.
-
-    Args:
-        cfg: model and training settings; one instance per entry of ``cfg.feature_probability``.
-        device: where to train.
-        progress: show a tqdm progress bar.
-
-    Returns:
-        The trained model, in eval mode.
-    """
-    model = ToyModel(cfg).to(device)
-    generator = torch.Generator().manual_seed(cfg.seed + 1)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
-    for _ in tqdm(range(cfg.steps), desc="toy models", disable=not progress):
-        # Each instance's loss depends only on its own weights, so summing trains them independently.
-        loss = model.loss(model.sample(cfg.batch_size, generator)).sum()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-    return model.eval()
-
-
-@dataclasses.dataclass(frozen=True)
-class SuperpositionMetrics:
-    """How each instance of a toy model represents its features."""
-
-    feature_probability: Float[Tensor, " instance"]
-    """Feature probability of each instance (sparsity is ``1 - feature_probability``)."""
-    norms: Float[Tensor, "instance n_features"]
-    """``||W_i||``: about 1 for a represented feature, about 0 for a dropped one."""
-    interference: Float[Tensor, "instance n_features"]
-    """``sum_{j != i} (W_i_hat . W_j)^2``: how much other features leak into feature i's direction."""
-    dimensions_per_feature: Float[Tensor, "instance n_features"]
-    """``D_i = ||W_i||^2 / sum_j (W_i_hat . W_j)^2`` (1 for an orthogonal feature, 1/2 for an antipodal pair)."""
-    n_represented: Int[Tensor, " instance"]
-    """Features with ``||W_i|| > 0.5``."""
-    d_hidden: int
-    """m, so that ``n_represented / d_hidden`` is features per dimension."""
-
-
-def superposition_metrics(model: ToyModel, *, norm_threshold: float = 0.5) -> SuperpositionMetrics:
-    """Per-feature norm, interference and dimensionality of every instance.
-
-    Args:
-        model: a (trained) toy model.
-        norm_threshold: a feature counts as represented when its column of W is longer than this.
-
-    Returns:
-        A :class:`SuperpositionMetrics`.
-    """
-    W = model.W.detach().float().cpu()  # (instance, d_hidden, n_features)
-    norms = W.norm(dim=1)
-    W_hat = W / norms.clamp_min(1e-8)[:, None, :]
-    overlaps = torch.einsum("ihn,ihk->ink", W_hat, W) ** 2  # (W_i_hat . W_j)^2 as (instance, i, j)
-    interference = overlaps.sum(-1) - overlaps.diagonal(dim1=1, dim2=2)
-    dims = norms**2 / overlaps.sum(-1).clamp_min(1e-12)
-    return SuperpositionMetrics(
-        feature_probability=model.feature_probability.detach().cpu(),
-        norms=norms,
-        interference=interference,
-        dimensions_per_feature=dims,
-        n_represented=(norms > norm_threshold).sum(-1),
-        d_hidden=model.cfg.d_hidden,
-    )

@@ -1,13 +1,20 @@
-"""Model factories: small ``HookedTransformer``s built locally with a seed (no hub downloads)."""
+"""The model factory: ``HookedTransformer``s built locally with a seed, their configs as JSON, and pretrained
+models converted from local files (no hub downloads unless asked for by name)."""
 
 import dataclasses
+from pathlib import Path
 
 import torch
 
-from mi_toolkit._tl import HookedTransformer, HookedTransformerConfig, quiet_construction
+from mi_toolkit.core.tl import (
+    HookedTransformer,
+    HookedTransformerConfig,
+    get_pretrained_model_config,
+    get_pretrained_state_dict,
+    quiet_construction,
+)
 
-__all__ = ["build_model", "grokking_model_config", "make_grokking_model", "model_config_dict",
-           "model_config_from_dict", "load_pretrained"]
+__all__ = ["build_model", "load_pretrained", "model_config_dict", "model_config_from_dict"]
 
 
 def build_model(
@@ -46,50 +53,6 @@ def build_model(
     return torch.nn.Module.to(model, device)  # HookedTransformer.to would print a message
 
 
-def grokking_model_config(p: int = 113, **overrides) -> HookedTransformerConfig:
-    """The 1-layer transformer of Nanda et al. (2023) for ``(a op b) mod p``.
-
-    Inputs are ``[a, b, =]`` with '=' the token ``p`` (``d_vocab = p + 1``, ``d_vocab_out = p``, ``n_ctx = 3``);
-    d_model 128, 4 heads of 32, d_mlp 512, ReLU, no LayerNorm, learned positions, untied embed/unembed.
-
-    Args:
-        p: the modulus.
-        **overrides: any ``HookedTransformerConfig`` field, e.g. ``d_model=64``.
-    """
-    fields = dict(
-        n_layers=1,
-        d_model=128,
-        d_head=32,
-        n_heads=4,
-        d_mlp=512,
-        act_fn="relu",
-        normalization_type=None,
-        d_vocab=p + 1,
-        d_vocab_out=p,
-        n_ctx=3,
-        positional_embedding_type="standard",
-    )
-    fields.update(overrides)
-    return HookedTransformerConfig(**fields)
-
-
-def make_grokking_model(
-    p: int = 113,
-    *,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    freeze_biases: bool = True,
-    **overrides,
-) -> HookedTransformer:
-    """Build the grokking transformer (see :func:`grokking_model_config`); biases frozen at zero by default.
-
-    >>> model = make_grokking_model(p=7, d_model=16, d_head=4, d_mlp=32)
-    >>> model(torch.tensor([[1, 2, 7]])).shape
-    torch.Size([1, 3, 7])
-    """
-    return build_model(grokking_model_config(p, **overrides), seed=seed, device=device, freeze_biases=freeze_biases)
-
-
 def model_config_dict(cfg: HookedTransformerConfig) -> dict:
     """``cfg`` as a JSON-safe dict (dtype as its name) that :func:`model_config_from_dict` turns back into it."""
     fields = dict(cfg.to_dict())  # to_dict may hand back the live __dict__
@@ -126,13 +89,10 @@ def load_pretrained(
         hf_model: an already loaded Hugging Face model for ``name_or_path`` (skips loading its weights again).
         fold_ln, center_writing_weights, center_unembed: TransformerLens's weight processing (log-probs unchanged).
     """
-    from pathlib import Path
-
     processing = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed)
     if not Path(name_or_path).is_dir():
         with quiet_construction():
             return HookedTransformer.from_pretrained(name_or_path, device=device, hf_model=hf_model, **processing)
-    from transformer_lens.loading_from_pretrained import get_pretrained_model_config, get_pretrained_state_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = get_pretrained_model_config(str(name_or_path), fold_ln=fold_ln, device="cpu")

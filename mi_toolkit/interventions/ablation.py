@@ -12,7 +12,7 @@ change of the loss or of any metric.
 ``reference`` is the activation at the same hook on a reference batch, e.g. ``cache["z", layer]`` from
 ``model.run_with_cache(reference_tokens)``; it is required for ``"mean"`` and ``"resample"``.
 
->>> from mi_toolkit.induction import make_induction_model
+>>> from mi_toolkit.models import make_induction_model
 >>> model = make_induction_model(d_model=16, n_heads=2, d_head=8)
 >>> tokens = torch.randint(1, 64, (2, 10))
 >>> with model.hooks(fwd_hooks=[(get_act_name("z", 1), ablate_heads([0]))]):
@@ -26,7 +26,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mi_toolkit._tl import HookedTransformer, get_act_name, run_until
+from mi_toolkit.analysis.metrics import loss
+from mi_toolkit.core.activations import run_until
+from mi_toolkit.core.tl import HookedTransformer, get_act_name
+from mi_toolkit.core.types import HookFn, Metric
 
 __all__ = [
     "AblationEffect",
@@ -40,7 +43,6 @@ __all__ = [
 ]
 
 How = str  # "zero", "mean" or "resample" (a plain str, so a bad value gets the ValueError below)
-HookFn = Callable[[Tensor, object], Tensor]
 
 
 def _replacement(how: How, reference: Tensor | None, seed: int) -> Callable[[Tensor], Tensor]:
@@ -171,18 +173,12 @@ class AblationEffect:
         return self.ablated - self.baseline
 
 
-def _loss(tokens: Tensor) -> Callable[[Tensor], Tensor]:
-    from mi_toolkit.metrics import loss
-
-    return loss(tokens)
-
-
 @torch.no_grad()
 def ablation_effect(
     model: HookedTransformer,
     tokens: Int[Tensor, "batch pos"],
     fwd_hooks: Sequence[tuple[str, HookFn]],
-    metric: Callable[[Tensor], Tensor] | None = None,
+    metric: Metric | None = None,
 ) -> AblationEffect:
     """The metric (default: next-token loss on ``tokens``) of a clean run and of a run with ``fwd_hooks``.
 
@@ -190,12 +186,12 @@ def ablation_effect(
         model: any ``HookedTransformer``.
         tokens: the input.
         fwd_hooks: ``[(hook_name, hook), ...]``, e.g. ``[(get_act_name("z", 1), ablate_heads([2]))]``.
-        metric: logits -> scalar (see :mod:`mi_toolkit.metrics`); default the mean next-token loss.
+        metric: logits -> scalar (see :mod:`mi_toolkit.analysis.metrics`); default the mean next-token loss.
 
     Returns:
         The baseline and ablated values.
     """
-    metric = _loss(tokens) if metric is None else metric
+    metric = loss(tokens) if metric is None else metric
     baseline = metric(model(tokens)).item()
     with model.hooks(fwd_hooks=list(fwd_hooks)):
         ablated = metric(model(tokens)).item()
@@ -208,7 +204,7 @@ def head_ablation_effects(
     tokens: Int[Tensor, "batch pos"],
     how: How = "zero",
     reference_tokens: Int[Tensor, "ref_batch pos"] | None = None,
-    metric: Callable[[Tensor], Tensor] | None = None,
+    metric: Metric | None = None,
     *,
     seed: int = 0,
 ) -> Float[Tensor, "layer head_index"]:
@@ -225,7 +221,7 @@ def head_ablation_effects(
     Returns:
         The change of the metric per head, ``[n_layers, n_heads]``.
     """
-    metric = _loss(tokens) if metric is None else metric
+    metric = loss(tokens) if metric is None else metric
     cfg = model.cfg
     names = [get_act_name("z", layer) for layer in range(cfg.n_layers)]
     reference = {}

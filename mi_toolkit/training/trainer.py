@@ -1,10 +1,16 @@
-"""A small general trainer: AdamW with warmup, optional Grokfast filters, metrics, checkpoints and resume.
+"""The one trainer of mi_toolkit: AdamW (or Adam) with warmup and a learning-rate schedule, optional Grokfast
+filters, metrics, checkpoints and resume. Every experiment's recipe is a :class:`TrainConfig` over it
+(:mod:`mi_toolkit.training.recipes`); the toy models and SAEs train through it too.
 
 It knows nothing about any model or task. A task is any object with
 
 - ``train_batch(step) -> batch``: a deterministic function of ``step`` (so a resumed run sees the same data),
 - ``loss(model, batch) -> Tensor``: a scalar,
-- ``evaluate(model) -> dict[str, float]``: metrics, called every ``log_every`` steps under ``torch.no_grad()``.
+- ``evaluate(model) -> dict[str, float]``: metrics, called every ``log_every`` steps under ``torch.no_grad()``,
+
+and optionally ``after_backward(model, step)`` (after ``backward()``, before the gradient filter and the optimiser
+step: e.g. project gradients) and ``after_step(model, step, optimizer)`` (after the optimiser step: e.g.
+renormalise weights).
 
 With a ``run_dir`` the trainer writes ``metrics.jsonl`` (one JSON object per logged step), weight snapshots
 ``checkpoints/step_XXXXXXX.safetensors`` and the state needed to resume (``checkpoints/resume.safetensors`` +
@@ -17,6 +23,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -24,8 +31,16 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from mi_toolkit.checkpoints import CheckpointError, load_json, load_tensors, save_json, save_tensors
-from mi_toolkit.grokfast import make_filter
+from mi_toolkit.core.io import (
+    CheckpointError,
+    load_json,
+    load_tensors,
+    read_jsonl,
+    save_json,
+    save_tensors,
+    write_jsonl,
+)
+from mi_toolkit.training.grokfast import make_filter
 
 __all__ = ["Task", "TrainConfig", "TrainResult", "TrainingDivergedError", "list_checkpoints", "train"]
 
@@ -45,6 +60,8 @@ class TrainingDivergedError(FloatingPointError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """Optimiser, schedule, filter, logging and checkpoint settings of :func:`train` (frozen; ``replace`` copies)."""
+
     steps: int = 10_000
     """Total optimiser steps (a resumed run continues up to this number)."""
     lr: float = 1e-3
@@ -54,8 +71,15 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     warmup_steps: int = 10
     """Linear warmup: the learning rate at step s (0-based) is ``lr * min(1, (s + 1) / warmup_steps)``."""
+    optimizer: str = "adamw"
+    """``"adamw"`` (decoupled weight decay) or ``"adam"`` (``weight_decay`` as an L2 term)."""
+    lr_schedule: str = "constant"
+    """After warmup: ``"constant"``; ``"cosine"`` (``0.5 (1 + cos(pi s / steps))``); or ``"linear_decay"``
+    (constant, then linearly to zero over the last ``decay_fraction`` of the steps)."""
+    decay_fraction: float = 0.2
+    """``"linear_decay"`` only: the fraction of the steps over which the learning rate falls to zero."""
     grad_filter: str = "none"
-    """``"none"``, ``"ema"`` or ``"ma"``: Grokfast gradient filter (see :mod:`mi_toolkit.grokfast`)."""
+    """``"none"``, ``"ema"`` or ``"ma"``: Grokfast gradient filter (see :mod:`mi_toolkit.training.grokfast`)."""
     ema_alpha: float = 0.98
     ma_window: int = 100
     filter_lambda: float | None = None
@@ -78,11 +102,31 @@ class TrainConfig:
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if self.warmup_steps < 0 or self.log_every < 1 or self.checkpoint_every < 1:
             raise ValueError("warmup_steps must be >= 0 and log_every, checkpoint_every >= 1")
+        if self.optimizer not in ("adamw", "adam"):
+            raise ValueError(f"optimizer must be 'adamw' or 'adam', got {self.optimizer!r}")
+        if self.lr_schedule not in ("constant", "cosine", "linear_decay"):
+            raise ValueError(f"lr_schedule must be 'constant', 'cosine' or 'linear_decay', got {self.lr_schedule!r}")
+        if not 0 <= self.decay_fraction <= 1:
+            raise ValueError(f"decay_fraction must lie in [0, 1], got {self.decay_fraction}")
         make_filter(self.grad_filter, ema_alpha=self.ema_alpha, ma_window=self.ma_window)  # validates
         object.__setattr__(self, "betas", tuple(self.betas))
 
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with ``changes``, validated: ``GROKKING_FAST.replace(steps=600)``."""
+        return dataclasses.replace(self, **changes)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate at ``step`` (0-based) as a fraction of ``lr``: warmup times the schedule."""
+        factor = min(1.0, (step + 1) / max(self.warmup_steps, 1))
+        if self.lr_schedule == "cosine":
+            factor *= 0.5 * (1 + math.cos(math.pi * step / self.steps))
+        elif self.lr_schedule == "linear_decay":
+            decay_start = self.steps * (1 - self.decay_fraction)
+            factor *= min(1.0, (self.steps - step) / max(self.steps - decay_start, 1))
+        return factor
 
 
 @dataclasses.dataclass
@@ -111,15 +155,18 @@ def train(
     run_dir: str | Path | None = None,
     *,
     progress: bool = True,
+    measures: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``task`` in place; resume from ``run_dir`` if it holds a checkpoint.
 
     Args:
         model: the model (its parameters with ``requires_grad`` are trained).
         task: see the module docstring.
-        config: optimiser, filter, logging and checkpoint settings.
+        config: optimiser, schedule, filter, logging and checkpoint settings.
         run_dir: where to write metrics and checkpoints (created if missing); None keeps everything in memory.
         progress: show a progress bar.
+        measures: ``measures(model) -> dict``, more metrics recorded beside ``task.evaluate``'s at every logged
+            step (e.g. :func:`mi_toolkit.analysis.progress.grokking_measures`).
 
     Returns:
         The metrics history and where the run started and ended.
@@ -129,7 +176,7 @@ def train(
         CheckpointError: ``run_dir`` holds a checkpoint of a different configuration or a corrupt one.
     """
     with _deterministic_algorithms():
-        return _train(model, task, config, run_dir, progress)
+        return _train(model, task, config, run_dir, progress, measures)
 
 
 @contextlib.contextmanager
@@ -146,12 +193,14 @@ def _deterministic_algorithms():
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
-def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Path | None, progress: bool) -> TrainResult:
+def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Path | None, progress: bool,
+           measures) -> TrainResult:
     started = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
-    warmup = max(config.warmup_steps, 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    optimizer = optimizer_class(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: config.lr_factor(s))
+    after_backward, after_step = getattr(task, "after_backward", None), getattr(task, "after_step", None)
     grad_filter = make_filter(
         config.grad_filter, ema_alpha=config.ema_alpha, ma_window=config.ma_window, lamb=config.filter_lambda
     )
@@ -164,12 +213,16 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
         model.eval()
         with torch.no_grad():
             record = {"step": step, "lr": optimizer.param_groups[0]["lr"], "loss": loss, **task.evaluate(model)}
+            if measures is not None:
+                record.update(measures(model))
         model.train(was_training)
         history.append(record)
         state.append_metrics(record)
-        bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in ("loss", "test_loss", "test_acc") and v is not None})
+        bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
+                         if k in ("loss", "test_loss", "test_acc", "l0") and v is not None})
 
-    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc=getattr(task, "name", "train"),
+               dynamic_ncols=True)
     try:
         if start == 0:
             log(0, None)
@@ -185,12 +238,16 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if after_backward is not None:
+                after_backward(model, step)
             if grad_filter is not None:
                 grad_filter(model)
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             scheduler.step()
+            if after_step is not None:
+                after_step(model, step, optimizer)
             done = step + 1
             bar.update(1)
             if done % config.log_every == 0 or done == config.steps:
@@ -226,8 +283,10 @@ class _TrainState:
             return 0
         tensor_path, json_path = self._resume_files
         meta = load_json(json_path)
-        saved = {k: v for k, v in meta["train_config"].items() if k != "steps"}
         wanted = {k: v for k, v in json.loads(json.dumps(self.config.to_dict())).items() if k != "steps"}
+        # Fields added after a checkpoint was written take their defaults.
+        defaults = json.loads(json.dumps(TrainConfig().to_dict()))
+        saved = {k: v for k, v in {**defaults, **meta["train_config"]}.items() if k != "steps"}
         if saved != wanted:
             diff = {k: (saved.get(k), wanted.get(k)) for k in wanted if saved.get(k) != wanted.get(k)}
             raise CheckpointError(f"{self.run_dir} was trained with another configuration (saved, now): {diff}")
@@ -254,8 +313,8 @@ class _TrainState:
                 {k.removeprefix("filter."): v for k, v in tensors.items() if k.startswith("filter.")}
             )
         torch.set_rng_state(tensors["rng.cpu"])
-        self.history = [r for r in _read_jsonl(self.run_dir / "metrics.jsonl") if r["step"] <= step]
-        (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        self.history = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r["step"] <= step]
+        write_jsonl(self.run_dir / "metrics.jsonl", self.history)
         self.last_checkpoint_step = step
         return step
 
@@ -291,9 +350,3 @@ class _TrainState:
             },
         )
         self.last_checkpoint_step = step
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,108 @@
+"""Engine (private): the corrupted run that patched passes restart from, through TransformerLens's key-value cache,
+and the hooks that write clean values into many patched copies of a batch at once."""
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from mi_toolkit.core.architectures import supports
+from mi_toolkit.core.tl import (
+    HookedTransformer,
+    TransformerLensKeyValueCache,
+    TransformerLensKeyValueCacheEntry,
+    get_act_name,
+)
+
+__all__ = ["CorruptedRun", "constant_hook", "patch_hook"]
+
+
+def patch_hook(clean: Tensor, mask: Tensor, copies: int) -> Callable:
+    """A hook writing ``clean`` into each copy of the repeated batch where ``mask[copy]`` is set.
+
+    ``mask`` has shape ``[copies, 1, *axes]`` (1 on broadcast axes); the activation is ``[copies * batch, *axes]``.
+    """
+
+    def hook(activation: Tensor, hook) -> Tensor:
+        shape = activation.shape
+        activation = activation.view(copies, shape[0] // copies, *shape[1:])  # (copy, batch, *axes)
+        return torch.where(mask, clean, activation).view(shape)
+
+    return hook
+
+
+def constant_hook(value: Tensor) -> Callable:
+    def hook(activation: Tensor, hook) -> Tensor:
+        return value
+
+    return hook
+
+
+@dataclasses.dataclass
+class CorruptedRun:
+    """The unpatched corrupted run, from which patched copies restart.
+
+    A patch in layer ``l`` at position ``p`` changes nothing before layer ``l``, nor (causal attention) before
+    position ``p``. So a chunk of patches in layer ``l`` whose first position is ``p`` restarts from the corrupted
+    residual stream ``resid_pre[l][:, p:]`` with the corrupted keys and values of positions ``< p`` as a frozen
+    TransformerLens key-value cache, and the logits of positions ``< p`` are the corrupted ones. The result is the
+    same as a full forward pass up to float rounding; models that cannot restart (the ``kv_restart`` fast path of
+    :mod:`mi_toolkit.core.architectures`) take full forward passes.
+    """
+
+    tokens: Tensor
+    logits: Tensor | None = None
+    kv: object | None = None
+    acts: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    """Corrupted activations by hook name: ``resid_pre`` of the restart layers and any others asked for."""
+
+    @classmethod
+    def build(
+        cls, model: HookedTransformer, tokens: Tensor, layers: list[int], names=(), restart: bool = True
+    ) -> "CorruptedRun":
+        """Run the corrupted tokens once, keeping the activations ``names``; with ``restart`` (where the model
+        can), also the key-value cache and ``resid_pre`` of ``layers`` for :meth:`logits_with`."""
+        if not (restart and supports(model, "kv_restart")):
+            if not names:  # full forward passes need nothing from the corrupted run
+                return cls(tokens)
+            logits, cache = model.run_with_cache(tokens, names_filter=list(names))
+            return cls(tokens, logits, acts={name: cache[name] for name in names})
+        kv = TransformerLensKeyValueCache.init_cache(model.cfg, tokens.device, len(tokens))
+        wanted = sorted({get_act_name("resid_pre", layer) for layer in layers} | set(names))
+        ones = torch.ones(tokens.shape, dtype=torch.int, device=tokens.device)
+        logits, cache = model.run_with_cache(tokens, names_filter=wanted, past_kv_cache=kv, attention_mask=ones)
+        return cls(tokens, logits, kv, {name: cache[name] for name in wanted})
+
+    def logits_with(
+        self, model: HookedTransformer, layer: int, start: int, copies: int, hooks: list, resid: Tensor | None = None
+    ) -> Tensor:
+        """Logits ``[copies * batch, pos, d_vocab_out]`` of ``copies`` repeats of the run with ``hooks`` attached.
+
+        ``resid`` (``[copies * batch, pos - start, d_model]``) replaces the corrupted ``resid_pre`` of ``layer``
+        from position ``start`` on; it needs the key-value cache unless ``layer`` is ``n_layers`` (the final
+        norm and unembedding only).
+        """
+        if self.kv is None and resid is None:
+            with model.hooks(fwd_hooks=hooks):
+                return model(self.tokens.repeat(copies, 1))
+        batch, n_pos = self.tokens.shape
+        if resid is None:
+            resid = self.acts[get_act_name("resid_pre", layer)][:, start:].repeat(copies, 1, 1)  # (copy * batch, pos - start, d_model)
+        kwargs = {}
+        if start > 0 and layer < model.cfg.n_layers:  # past keys and values for the blocks left
+            entries = [
+                TransformerLensKeyValueCacheEntry(
+                    e.past_keys[:, :start].repeat(copies, 1, 1, 1), e.past_values[:, :start].repeat(copies, 1, 1, 1),
+                    frozen=True,
+                )
+                for e in self.kv.entries
+            ]
+            ones = torch.ones(copies * batch, n_pos, dtype=torch.int, device=resid.device)
+            kwargs = dict(past_kv_cache=TransformerLensKeyValueCache(entries, ones[:, :start], frozen=True),
+                          attention_mask=ones)
+        with model.hooks(fwd_hooks=hooks):
+            suffix = model(resid, start_at_layer=layer, **kwargs)
+        if start == 0:
+            return suffix
+        return torch.cat([self.logits[:, :start].repeat(copies, 1, 1), suffix], dim=1)

@@ -1,0 +1,6 @@
+"""Layer 8: experiments, end-to-end jobs (task + model + training + analysis + report) that write run directories
+and return a :class:`~mi_toolkit.core.io.Run`; :func:`load_run` reads any of them back."""
+
+from mi_toolkit.experiments.grokking import GrokkingConfig, analyse, run_grokking
+from mi_toolkit.experiments.induction import train_induction_model
+from mi_toolkit.experiments.runs import load_run

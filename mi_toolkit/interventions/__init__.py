@@ -1,0 +1,16 @@
+"""Layer 5: interventions as values. Hook factories (ablations, SAE splices, feature steering) return forward hooks
+for ``model.hooks(...)``, so they are removed even on error; measurements of what an intervention changes sit
+beside them."""
+
+from mi_toolkit.interventions.ablation import (
+    AblationEffect,
+    ablate,
+    ablate_heads,
+    ablate_layer,
+    ablate_neurons,
+    ablate_subspace,
+    ablation_effect,
+    head_ablation_effects,
+)
+from mi_toolkit.interventions.splicing import LossRecovered, ce_loss_recovered
+from mi_toolkit.interventions.steering import add_direction, clamp_feature, scale_feature, splice_sae

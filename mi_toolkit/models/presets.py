@@ -1,0 +1,90 @@
+"""Model presets: the architecture each experiment trains, as a config and as a seeded model
+(:func:`mi_toolkit.models.factory.build_model` under every one)."""
+
+import torch
+
+from mi_toolkit.core.tl import HookedTransformer, HookedTransformerConfig
+from mi_toolkit.models.factory import build_model
+
+__all__ = ["grokking_model_config", "induction_model_config", "make_grokking_model", "make_induction_model"]
+
+
+def grokking_model_config(p: int = 113, **overrides) -> HookedTransformerConfig:
+    """The 1-layer transformer of Nanda et al. (2023) for ``(a op b) mod p``.
+
+    Inputs are ``[a, b, =]`` with '=' the token ``p`` (``d_vocab = p + 1``, ``d_vocab_out = p``, ``n_ctx = 3``);
+    d_model 128, 4 heads of 32, d_mlp 512, ReLU, no LayerNorm, learned positions, untied embed/unembed.
+
+    Args:
+        p: the modulus.
+        **overrides: any ``HookedTransformerConfig`` field, e.g. ``d_model=64``.
+    """
+    fields = dict(
+        n_layers=1,
+        d_model=128,
+        d_head=32,
+        n_heads=4,
+        d_mlp=512,
+        act_fn="relu",
+        normalization_type=None,
+        d_vocab=p + 1,
+        d_vocab_out=p,
+        n_ctx=3,
+        positional_embedding_type="standard",
+    )
+    fields.update(overrides)
+    return HookedTransformerConfig(**fields)
+
+
+def make_grokking_model(
+    p: int = 113,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    freeze_biases: bool = True,
+    **overrides,
+) -> HookedTransformer:
+    """Build the grokking transformer (see :func:`grokking_model_config`); biases frozen at zero by default.
+
+    >>> model = make_grokking_model(p=7, d_model=16, d_head=4, d_mlp=32)
+    >>> model(torch.tensor([[1, 2, 7]])).shape
+    torch.Size([1, 3, 7])
+    """
+    return build_model(grokking_model_config(p, **overrides), seed=seed, device=device, freeze_biases=freeze_biases)
+
+
+def induction_model_config(d_vocab: int = 64, n_ctx: int = 32, **overrides) -> HookedTransformerConfig:
+    """A 2-layer attention-only transformer: d_model 64, 4 heads of 16, rotary positions, no LayerNorm.
+
+    Rotary positions make "attend to the previous token" one relative offset at every position, and without
+    LayerNorm attention can sharpen quickly: with the default training, a layer-0 head reaches a previous-token
+    score above 0.9 within a few hundred steps (learned absolute positions and LayerNorm took several times
+    longer in our measurements, with layer-0 scores stuck near 0.6-0.75 after 1,000 steps).
+
+    Args:
+        d_vocab: vocabulary size (input and output).
+        n_ctx: context length.
+        **overrides: any ``HookedTransformerConfig`` field.
+    """
+    fields = dict(
+        n_layers=2,
+        d_model=64,
+        n_heads=4,
+        d_head=16,
+        attn_only=True,
+        normalization_type=None,
+        d_vocab=d_vocab,
+        n_ctx=n_ctx,
+        positional_embedding_type="rotary",
+    )
+    fields.update(overrides)
+    if fields["positional_embedding_type"] == "rotary":
+        fields.setdefault("rotary_dim", fields["d_head"])
+    return HookedTransformerConfig(**fields)
+
+
+def make_induction_model(
+    d_vocab: int = 64, n_ctx: int = 32, *, seed: int = 0, device: str | torch.device = "cpu", **overrides
+) -> HookedTransformer:
+    """Build the (untrained) induction model of :func:`induction_model_config` with a seeded initialisation."""
+    return build_model(induction_model_config(d_vocab, n_ctx, **overrides), seed=seed, device=device)

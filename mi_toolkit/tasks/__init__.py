@@ -1,0 +1,11 @@
+"""Layer 1: tasks, the data a model learns. A task is an object with ``train_batch(step)``, ``loss(model, batch)``
+and ``evaluate(model)`` (the protocol of :func:`mi_toolkit.training.train`); tasks import only :mod:`mi_toolkit.core`.
+
+- :mod:`~mi_toolkit.tasks.modular`: ``(a op b) mod p`` over all pairs (grokking).
+- :mod:`~mi_toolkit.tasks.induction`: random tokens with a repeated segment.
+- :mod:`~mi_toolkit.tasks.synthetic`: activations built from known sparse features (SAE recovery checks).
+"""
+
+from mi_toolkit.tasks.induction import BOS, InductionTask, repeated_tokens
+from mi_toolkit.tasks.modular import OPERATIONS, ModularArithmetic
+from mi_toolkit.tasks.synthetic import GroundTruth, mmcs
