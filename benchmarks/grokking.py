@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 import mi_toolkit as mt
-from mi_toolkit.grokking import RECIPES
 
 
 def time_to_grok(out_dir: str) -> dict:
@@ -45,10 +44,9 @@ class _NoEval(mt.ModularArithmetic):
 def throughput(steps: int) -> dict:
     """Steps/s of mt.train (fast path, EMA filter) vs a plain loop calling model(tokens) (no filter)."""
     task = _NoEval(p=113)
-    recipe = {k: v for k, v in RECIPES["fast"].items() if k != "steps"}
-    cfg = mt.TrainConfig(**recipe, steps=steps, log_every=10**9, checkpoint_every=10**9)
+    cfg = mt.recipes.GROKKING_FAST.replace(steps=steps, log_every=10**9, checkpoint_every=10**9)
     model = mt.make_grokking_model(113)
-    mt.train(model, task, mt.TrainConfig(**{**cfg.to_dict(), "steps": 5}), progress=False)  # warm-up
+    mt.train(model, task, cfg.replace(steps=5), progress=False)  # warm-up
     model = mt.make_grokking_model(113)
     started = time.perf_counter()
     mt.train(model, task, cfg, progress=False)
@@ -90,8 +88,7 @@ def paper_steps_to_grok(cap: int) -> dict:
                 raise Grokked
             return out
 
-    recipe = {k: v for k, v in RECIPES["paper"].items() if k != "steps"}
-    cfg = mt.TrainConfig(**recipe, steps=cap, log_every=100, checkpoint_every=10**9)
+    cfg = mt.recipes.GROKKING_PAPER.replace(steps=cap, log_every=100, checkpoint_every=10**9)
     started = time.perf_counter()
     try:
         mt.train(mt.make_grokking_model(113), UntilGrokked(p=113), cfg, progress=False)

@@ -28,7 +28,6 @@ import torch
 import transformer_lens.patching as tlp
 
 import mi_toolkit as mt
-from mi_toolkit.grokking import RECIPES
 
 
 def best_time(fn, repeats: int) -> tuple[float, object]:
@@ -126,8 +125,7 @@ def grokking_setup(steps: int, run_dir: str | None):
     else:
         task = mt.ModularArithmetic(p=113)
         model = mt.make_grokking_model(113)
-        recipe = {k: v for k, v in RECIPES["fast"].items() if k != "steps"}
-        mt.train(model, task, mt.TrainConfig(**recipe, steps=steps, log_every=steps, checkpoint_every=10**9),
+        mt.train(model, task, mt.recipes.GROKKING_FAST.replace(steps=steps, log_every=steps, checkpoint_every=10**9),
                  progress=False)
     model.eval()
     gen = torch.Generator().manual_seed(0)
@@ -148,7 +146,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--grok-steps", type=int, default=RECIPES["fast"]["steps"],
+    parser.add_argument("--grok-steps", type=int, default=mt.recipes.GROKKING_FAST.steps,
                         help="steps of the default recipe to train the grokking model for")
     parser.add_argument("--induction-batches", type=int, nargs="+", default=[8, 32],
                         help="batch sizes of the induction model's clean/corrupted pair")

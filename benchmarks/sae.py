@@ -28,11 +28,9 @@ import torch
 import torch.nn.functional as F
 
 import mi_toolkit as mt
-from mi_toolkit.fourier import frequencies_from_clusters, neuron_clusters
-from mi_toolkit.ground_truth import GroundTruth, mmcs
-from mi_toolkit.grokking import RECIPES
-from mi_toolkit.sae import SAEConfig, train_sae
-from mi_toolkit.tasks import last_token_loss
+from mi_toolkit import GroundTruth, SAEConfig, mmcs, train_sae
+from mi_toolkit.analysis.fourier import frequencies_from_clusters, neuron_clusters
+from mi_toolkit.core.losses import next_token_loss
 
 D_IN, N_FEATURES, D_SAE, BATCH = 256, 512, 1024, 1024
 
@@ -148,7 +146,7 @@ def grokking_sae(steps: int) -> None:
     """An SAE on the grokking model's MLP neurons at the answer position; do its features follow the frequencies?"""
     task = mt.ModularArithmetic(p=113)
     model = mt.make_grokking_model(113)
-    mt.train(model, task, mt.TrainConfig(**RECIPES["fast"], log_every=10**9, checkpoint_every=10**9), progress=False)
+    mt.train(model, task, mt.recipes.GROKKING_FAST.replace(log_every=10**9, checkpoint_every=10**9), progress=False)
     model.eval()
     print(f"grokking model (p=113, fast recipe): test accuracy {task.evaluate(model)['test_acc']:.4f}")
     hook = "blocks.0.mlp.hook_post"
@@ -158,7 +156,7 @@ def grokking_sae(steps: int) -> None:
                     progress=False)
     _report("SAE on grokking blocks.0.mlp.hook_post (last position), TopK k=16, d_sae=1024", sae, model, hook,
             task.tokens, time.perf_counter() - start, positions=-1,
-            loss_fn=lambda logits: last_token_loss(logits[:, -1], task.labels))
+            metric=mt.metrics.answer_loss(task.labels))
     clusters = neuron_clusters(model, task)
     freqs, dominant = frequencies_from_clusters(clusters), clusters.dominant
     W = sae.W_dec.detach()  # unit rows
@@ -183,10 +181,10 @@ def induction_sae(steps: int) -> None:
     eval_tokens, predictable = tokens[:256], torch.cat([b[1] for b in batches])[:256]
 
     def repeat_loss(logits):
-        return F.cross_entropy(logits[:, :-1][predictable], eval_tokens[:, 1:][predictable])
+        return next_token_loss(logits, eval_tokens, predictable)
 
     _report(f"SAE on induction {hook} (all positions, {len(tokens)} sequences), TopK k=8, d_sae=512", sae, model,
-            hook, eval_tokens, time.perf_counter() - start, loss_fn=repeat_loss)
+            hook, eval_tokens, time.perf_counter() - start, metric=repeat_loss)
 
 
 def main() -> None:

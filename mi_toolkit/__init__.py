@@ -77,4 +77,4 @@ from mi_toolkit.core import forward as fast_forward
 from mi_toolkit.core import io as checkpoints
 from mi_toolkit.training import grokfast
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

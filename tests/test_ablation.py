@@ -4,25 +4,16 @@ import pytest
 import torch
 
 from mi_toolkit import ablation
-from mi_toolkit._tl import get_act_name, has_hooks
-from mi_toolkit.models import build_model
+from mi_toolkit.core import get_act_name, has_hooks
 
-D_VOCAB = 20
-
-
-def _model(seed: int = 2):
-    model = build_model(dict(n_layers=2, d_model=16, d_head=4, n_heads=4, d_mlp=12, d_vocab=D_VOCAB, n_ctx=10,
-                             act_fn="relu", normalization_type="LN"), seed=seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.split(".")[-1].startswith("b_"):
-                param.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
-    return model.eval()
+D_VOCAB = 20  # the tiny transformers' vocabulary (conftest.py)
+MODEL = dict(seed=2, act_fn="relu", normalization_type="LN", d_mlp=12)
+"""conftest's tiny transformer (2 layers, d_model 16, 4 heads of 4, biases drawn from N(0, 0.1)) with these fields."""
 
 
 @pytest.fixture(scope="module")
-def model():
-    return _model()
+def model(make_tiny_transformer):
+    return make_tiny_transformer(**MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +26,19 @@ def reference_tokens():
     return torch.randint(0, D_VOCAB, (6, 7), generator=torch.Generator().manual_seed(1))
 
 
-def _edited(model, **zeroed):
-    """A copy of ``model`` with ``parameter_name=index`` entries set to zero."""
-    copy = _model()
-    copy.load_state_dict(model.state_dict())
-    params = dict(copy.named_parameters())
-    with torch.no_grad():
-        for name, index in zeroed.items():
-            params[name.replace("__", ".")][index] = 0.0
-    return copy
+@pytest.fixture(scope="module")
+def edited(make_tiny_transformer):
+    def edit(model, **zeroed):
+        """A copy of ``model`` with ``parameter_name=index`` entries set to zero."""
+        copy = make_tiny_transformer(**MODEL)
+        copy.load_state_dict(model.state_dict())
+        params = dict(copy.named_parameters())
+        with torch.no_grad():
+            for name, index in zeroed.items():
+                params[name.replace("__", ".")][index] = 0.0
+        return copy
+
+    return edit
 
 
 def _run(model, tokens, hooks):
@@ -51,19 +46,19 @@ def _run(model, tokens, hooks):
         return model(tokens)
 
 
-def test_zero_ablated_heads_equal_zeroed_output_weights(model, tokens):
+def test_zero_ablated_heads_equal_zeroed_output_weights(model, tokens, edited):
     logits = _run(model, tokens, [(get_act_name("z", 1), ablation.ablate_heads([0, 2]))])
-    expected = _edited(model, blocks__1__attn__W_O=[0, 2])(tokens)
+    expected = edited(model, blocks__1__attn__W_O=[0, 2])(tokens)
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(logits, model(tokens), atol=1e-3)
 
 
-def test_zero_ablated_mlp_layer_and_neurons_equal_zeroed_weights(model, tokens):
+def test_zero_ablated_mlp_layer_and_neurons_equal_zeroed_weights(model, tokens, edited):
     logits = _run(model, tokens, [(get_act_name("mlp_out", 0), ablation.ablate_layer())])
-    expected = _edited(model, blocks__0__mlp__W_out=slice(None), blocks__0__mlp__b_out=slice(None))(tokens)
+    expected = edited(model, blocks__0__mlp__W_out=slice(None), blocks__0__mlp__b_out=slice(None))(tokens)
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
     logits = _run(model, tokens, [(get_act_name("post", 1), ablation.ablate_neurons([3, 5, 7]))])
-    expected = _edited(model, blocks__1__mlp__W_out=[3, 5, 7])(tokens)
+    expected = edited(model, blocks__1__mlp__W_out=[3, 5, 7])(tokens)
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -132,11 +127,11 @@ def test_subspace_ablation_is_a_projection(model, tokens, reference_tokens):
     torch.testing.assert_close(seen[-1], expected)
 
 
-def test_ablation_effect_and_head_sweep(model, tokens, reference_tokens):
+def test_ablation_effect_and_head_sweep(model, tokens, reference_tokens, edited):
     hooks = [(get_act_name("z", 1), ablation.ablate_heads([3]))]
     effect = ablation.ablation_effect(model, tokens, hooks)
     assert effect.baseline == pytest.approx(model(tokens, return_type="loss").item(), abs=1e-6)
-    ablated_model = _edited(model, blocks__1__attn__W_O=3)
+    ablated_model = edited(model, blocks__1__attn__W_O=3)
     assert effect.ablated == pytest.approx(ablated_model(tokens, return_type="loss").item(), abs=1e-5)
     assert effect.effect == pytest.approx(effect.ablated - effect.baseline)
     for how in ("zero", "mean"):

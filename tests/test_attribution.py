@@ -4,27 +4,20 @@ import pytest
 import torch
 
 from mi_toolkit import attribution
-from mi_toolkit.models import build_model
 
-D_VOCAB = 20
+D_VOCAB = 20  # the tiny transformers' vocabulary (conftest.py)
 
 
-def _model(normalization: str | None, attn_only: bool = False, seed: int = 3):
-    cfg = dict(n_layers=2, d_model=16, d_head=4, n_heads=4, d_vocab=D_VOCAB, n_ctx=10, act_fn="relu",
-               normalization_type=normalization, attn_only=attn_only)
-    if not attn_only:
-        cfg["d_mlp"] = 12
-    model = build_model(cfg, seed=seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.split(".")[-1].startswith("b_") or name.endswith(".w"):
-                param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(len(name))) * 0.2)
-    return model.eval()
+def _fields(normalization: str | None, attn_only: bool = False) -> dict:
+    """conftest's tiny transformer (2 layers, d_model 16, 4 heads of 4), seed 3, ReLU, every bias and LayerNorm
+    weight shifted by 0.2 N(0, 1)."""
+    return dict(seed=3, biases="shifted", act_fn="relu", normalization_type=normalization, attn_only=attn_only,
+                d_mlp=None if attn_only else 12)
 
 
 @pytest.fixture(scope="module", params=[None, "LN", "LNPre", "RMS"])
-def run(request):
-    model = _model(request.param)
+def run(request, make_tiny_transformer):
+    model = make_tiny_transformer(**_fields(request.param))
     tokens = torch.randint(0, D_VOCAB, (3, 6), generator=torch.Generator().manual_seed(0))
     logits, cache = model.run_with_cache(tokens)
     correct, incorrect = tokens[:, 1], tokens[:, 2]
@@ -42,7 +35,7 @@ def _constant_term(model, correct, incorrect):
 @pytest.mark.parametrize("pos", [-1, 3])
 def test_layer_attribution_sums_to_logit_difference(run, pos):
     model, tokens, logits, cache, correct, incorrect = run
-    result = attribution.layer_attribution(cache, correct, incorrect, pos=pos)
+    result = attribution.layer_attribution(cache, correct, incorrect, positions=pos)
     rows = torch.arange(3)
     logit_diff = (logits[rows, pos, correct] - logits[rows, pos, incorrect]).mean()
     assert result.labels[:2] == ["embed", "pos_embed"] and result.labels[-1] == "1_mlp_out"
@@ -99,8 +92,8 @@ def test_logit_lens(run):
     torch.testing.assert_close(log_probs[-1], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_neuron_attribution_needs_mlps():
-    model = _model(None, attn_only=True)
+def test_neuron_attribution_needs_mlps(make_tiny_transformer):
+    model = make_tiny_transformer(**_fields(None, attn_only=True))
     _, cache = model.run_with_cache(torch.zeros(1, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="no neurons"):
         attribution.neuron_attribution(cache, 1)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mi_toolkit.fourier import (
+from mi_toolkit.analysis.fourier import (
     clusters_from_activations,
     decompose_logits,
     fourier_basis,

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import mi_toolkit as mt
+from mi_toolkit.analysis.fourier import fourier_basis, frequency_norms
 from mi_toolkit.cli import main as cli
-from mi_toolkit.fourier import fourier_basis, frequency_norms
 
 P = 41
 CONFIG = mt.GrokkingConfig(p=P, frac_train=0.5, seed=0, steps=1500, checkpoint_every=100)

@@ -2,10 +2,14 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformer_lens import head_detector as hd
 
-from mi_toolkit import ablation, induction, metrics, patching
-from mi_toolkit._tl import get_act_name
+import mi_toolkit as mt
+from mi_toolkit import ablation, metrics, patching
+from mi_toolkit.analysis import heads
+from mi_toolkit.tasks import induction
+from mi_toolkit.core import get_act_name
 
 TL_PATTERNS = {
     "induction": hd.get_induction_head_detection_pattern,
@@ -14,11 +18,6 @@ TL_PATTERNS = {
 }
 TL_NAMES = {"induction": "induction_head", "previous_token": "previous_token_head",
             "duplicate_token": "duplicate_token_head"}
-
-
-@pytest.fixture(scope="module")
-def small_model():
-    return induction.make_induction_model(d_vocab=12, n_ctx=16, d_model=16, n_heads=2, d_head=8, seed=4).eval()
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +30,7 @@ def sequences():
 
 @pytest.fixture(scope="module")
 def trained():
-    run = induction.train_induction_model(progress=False)
+    run = mt.train_induction_model(progress=False)
     return run
 
 
@@ -45,30 +44,30 @@ def _tl_detect(model, tokens, head_type, monkeypatch, **kwargs):
     return torch.stack(scores).mean(0)
 
 
-@pytest.mark.parametrize("head_type", induction.HEAD_TYPES)
+@pytest.mark.parametrize("head_type", heads.HEAD_TYPES)
 def test_detection_patterns_match_transformer_lens(sequences, head_type):
-    ours = induction.detection_pattern(sequences, head_type)
+    ours = heads.detection_pattern(sequences, head_type)
     for row, mask in zip(sequences, ours):
         torch.testing.assert_close(mask.float(), TL_PATTERNS[head_type](row[None]))
     assert ours.any()
 
 
-@pytest.mark.parametrize("head_type", induction.HEAD_TYPES)
+@pytest.mark.parametrize("head_type", heads.HEAD_TYPES)
 @pytest.mark.parametrize("exclude_bos,exclude_current_token", [(False, False), (True, False), (False, True)])
-def test_all_rows_score_equals_tl_detect_head(small_model, sequences, head_type, exclude_bos,
-                                              exclude_current_token, monkeypatch):
+def test_all_rows_score_equals_tl_detect_head(tiny_induction_model, sequences, head_type, exclude_bos,
+                                             exclude_current_token, monkeypatch):
     options = dict(exclude_bos=exclude_bos, exclude_current_token=exclude_current_token)
-    ours = induction.model_head_scores(small_model, sequences, head_type, rows="all", **options)
-    theirs = _tl_detect(small_model, sequences, head_type, monkeypatch, **options)
+    ours = heads.model_head_scores(tiny_induction_model, sequences, head_type, rows="all", **options)
+    theirs = _tl_detect(tiny_induction_model, sequences, head_type, monkeypatch, **options)
     torch.testing.assert_close(ours, theirs.to(ours.dtype), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("head_type", induction.HEAD_TYPES)
-def test_marked_rows_score_rescales_tl_score(small_model, sequences, head_type, monkeypatch):
+@pytest.mark.parametrize("head_type", heads.HEAD_TYPES)
+def test_marked_rows_score_rescales_tl_score(tiny_induction_model, sequences, head_type, monkeypatch):
     # Rows sum to 1, so TL's score * n_rows / n_marked_rows is the mean attention on the pattern over marked rows.
     for row in sequences:
-        ours = induction.model_head_scores(small_model, row[None], head_type)
-        tl_score = _tl_detect(small_model, row[None], head_type, monkeypatch)
+        ours = heads.model_head_scores(tiny_induction_model, row[None], head_type)
+        tl_score = _tl_detect(tiny_induction_model, row[None], head_type, monkeypatch)
         n_marked = TL_PATTERNS[head_type](row[None]).any(-1).sum()
         torch.testing.assert_close(ours, tl_score.to(ours.dtype) * len(row) / n_marked, atol=1e-5, rtol=1e-5)
 
@@ -108,9 +107,28 @@ def test_task_validation():
     with pytest.raises(ValueError, match="eval_seg_len"):
         induction.InductionTask(d_vocab=10, eval_seg_len=12, seq_len=40)
     with pytest.raises(ValueError, match="does not fit"):
-        induction.InductionTask().check_model(induction.make_induction_model(d_vocab=10))
+        induction.InductionTask().check_model(mt.make_induction_model(d_vocab=10))
     with pytest.raises(ValueError, match="unknown head type"):
-        induction.detection_pattern(torch.zeros(1, 3, dtype=torch.long), "copy")
+        heads.detection_pattern(torch.zeros(1, 3, dtype=torch.long), "copy")
+
+
+def test_task_evaluates_the_repeat_loss_and_head_measures_score_the_heads(tiny_induction_model):
+    # InductionTask.evaluate reports the loss only; the head scores are heads.induction_measures.
+    task = induction.InductionTask(d_vocab=12, seq_len=16, max_seg=7, eval_seg_len=7, eval_batch=4)
+    task.check_model(tiny_induction_model)
+    tokens = task.eval_tokens()
+    evaluation = task.evaluate(tiny_induction_model)
+    assert set(evaluation) == {"repeat_loss"}
+    with torch.no_grad():
+        logits = tiny_induction_model(tokens)
+    # Positions 8.. of [BOS, A, A] (A of 7 tokens) predict the repeated tokens 9..
+    expected = F.cross_entropy(logits[:, 8:-1].flatten(0, 1), tokens[:, 9:].flatten())
+    assert evaluation["repeat_loss"] == pytest.approx(expected.item(), rel=1e-6)
+    measures = heads.induction_measures(tiny_induction_model, tokens)
+    assert measures == {
+        "induction_score": heads.model_head_scores(tiny_induction_model, tokens, "induction")[1].max().item(),
+        "prev_token_score": heads.model_head_scores(tiny_induction_model, tokens, "previous_token")[0].max().item(),
+    }
 
 
 # --- the trained model (trained once for this module) ---
@@ -120,16 +138,18 @@ def test_task_validation():
 def test_training_forms_induction_and_previous_token_heads(trained, monkeypatch):
     model, task = trained.model, trained.task
     tokens = task.eval_tokens()
-    induction_scores = induction.model_head_scores(model, tokens, "induction")
-    previous_scores = induction.model_head_scores(model, tokens, "previous_token")
+    induction_scores = heads.model_head_scores(model, tokens, "induction")
+    previous_scores = heads.model_head_scores(model, tokens, "previous_token")
     assert induction_scores[1].max() >= 0.9
     assert previous_scores[0].max() >= 0.9
-    assert trained.result.history[-1]["repeat_loss"] < 0.2
+    assert trained.history[-1]["repeat_loss"] < 0.2
+    assert trained.analysis["repeat_loss"] == trained.history[-1]["repeat_loss"]
+    assert trained.analysis["seconds"]["train"] > 0
     # The same numbers through TL's head detector (its all-rows convention, rescaled), on the first sequence.
     row = tokens[:1]
     tl_induction = _tl_detect(model, row, "induction", monkeypatch)
     n_marked = TL_PATTERNS["induction"](row).any(-1).sum()
-    torch.testing.assert_close(induction.model_head_scores(model, row, "induction"),
+    torch.testing.assert_close(heads.model_head_scores(model, row, "induction"),
                                tl_induction.to(torch.float32) * row.shape[1] / n_marked, atol=1e-5, rtol=1e-5)
 
 
@@ -149,8 +169,8 @@ def _circuit_setup(trained):
 def test_patching_and_ablation_find_the_circuit(trained):
     model, clean, corrupted, metric = _circuit_setup(trained)
     tokens = trained.task.eval_tokens()
-    induction_scores = induction.model_head_scores(model, tokens, "induction")
-    previous_scores = induction.model_head_scores(model, tokens, "previous_token")
+    induction_scores = heads.model_head_scores(model, tokens, "induction")
+    previous_scores = heads.model_head_scores(model, tokens, "previous_token")
     # Normalised loss on the repeated half (clean = 1, corrupted = 0), one head patched over all positions.
     result = patching.activation_patch(model, clean, corrupted, metric, "head_out_all_pos")
     # The layer-1 heads that matter are induction heads, the layer-0 head that matters is a previous-token head,
@@ -159,8 +179,8 @@ def test_patching_and_ablation_find_the_circuit(trained):
     assert previous_scores[0, result[0].abs().argmax()] >= 0.9 and result[0].abs().max() > 0.1
     assert (result[0].abs()[previous_scores[0] < 0.5] < 0.1).all()
     # Zero-ablating the induction heads destroys the prediction of the repeated half.
-    heads = (induction_scores[1] >= 0.5).nonzero().squeeze(1).tolist()
-    effect = ablation.ablation_effect(model, clean, [(get_act_name("z", 1), ablation.ablate_heads(heads))],
+    induction_heads = (induction_scores[1] >= 0.5).nonzero().squeeze(1).tolist()
+    effect = ablation.ablation_effect(model, clean, [(get_act_name("z", 1), ablation.ablate_heads(induction_heads))],
                                       metrics.loss(clean, positions=trained.task.repeat_positions))
     assert effect.baseline < 0.3 and effect.effect > 2.0
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 import transformer_lens.patching as tlp
 
+import mi_toolkit as mt
 from mi_toolkit import metrics, patching
-from mi_toolkit._tl import get_act_name, has_hooks, run_until
-from mi_toolkit.models import build_model
+from mi_toolkit.core import get_act_name, has_hooks
 
-D_VOCAB = 20
+D_VOCAB = 20  # the tiny transformers' vocabulary (conftest.py)
 
 TL_FUNCTIONS = {
     "resid_pre": tlp.get_act_patch_resid_pre,
@@ -29,47 +29,32 @@ TL_FUNCTIONS = {
 MLP_ONLY = {"resid_mid", "mlp_out", "neuron", "neuron_all_pos"}
 
 
-def _model(attn_only: bool, normalization: str | None, seed: int = 1, positions: str = "standard",
-           parallel: bool = False, n_layers: int = 2):
-    cfg = dict(n_layers=n_layers, d_model=16, d_head=4, n_heads=4, d_vocab=D_VOCAB, n_ctx=10, act_fn="gelu",
-               normalization_type=normalization, attn_only=attn_only, positional_embedding_type=positions,
-               parallel_attn_mlp=parallel)
-    if positions == "rotary":
-        cfg["rotary_dim"] = 4
-    if not attn_only:
-        cfg["d_mlp"] = 8
-    model = build_model(cfg, seed=seed)
-    # Non-zero biases, so that tests see every term (TL initialises them at zero).
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.split(".")[-1].startswith("b_"):
-                param.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
-    return model.eval()
-
-
 MODELS = {
-    "mlp_ln": lambda: _model(False, "LN"),
-    "attn_only_ln": lambda: _model(True, "LN"),
-    "mlp_no_ln": lambda: _model(False, None),
-    "attn_only_no_ln": lambda: _model(True, None),
-    "rotary_attn_only": lambda: _model(True, "LN", positions="rotary"),  # restarts with rotary offsets
-    "shortformer_mlp": lambda: _model(False, "LN", positions="shortformer"),  # full forward passes
-    "rotary_parallel_mlp": lambda: _model(False, "LN", positions="rotary", parallel=True),
-    "three_layer_rotary_mlp": lambda: _model(False, "RMS", positions="rotary", n_layers=3),  # restarts after layer 1
+    # Fields of conftest's tiny transformer (2 layers, d_model 16, 4 heads of 4, biases drawn from N(0, 0.1)), seed 1,
+    # GELU; "mlp_ln" is conftest's tiny_mlp_ln_model.
+    "attn_only_ln": dict(attn_only=True, normalization_type="LN"),
+    "mlp_no_ln": dict(d_mlp=8, normalization_type=None),
+    "attn_only_no_ln": dict(attn_only=True, normalization_type=None),
+    # restarts with rotary offsets
+    "rotary_attn_only": dict(attn_only=True, normalization_type="LN", positional_embedding_type="rotary"),
+    # full forward passes
+    "shortformer_mlp": dict(d_mlp=8, normalization_type="LN", positional_embedding_type="shortformer"),
+    "rotary_parallel_mlp": dict(d_mlp=8, normalization_type="LN", positional_embedding_type="rotary",
+                                parallel_attn_mlp=True),
+    # restarts after layer 1
+    "three_layer_rotary_mlp": dict(d_mlp=8, normalization_type="RMS", positional_embedding_type="rotary", n_layers=3),
 }
 
 
 @pytest.fixture(scope="module")
-def models():
-    return {name: make() for name, make in MODELS.items()}
+def models(make_tiny_transformer, tiny_mlp_ln_model):
+    built = {name: make_tiny_transformer(seed=1, act_fn="gelu", **fields) for name, fields in MODELS.items()}
+    return {"mlp_ln": tiny_mlp_ln_model, **built}
 
 
 @pytest.fixture(scope="module")
-def tokens():
-    gen = torch.Generator().manual_seed(0)
-    clean = torch.randint(0, D_VOCAB, (3, 6), generator=gen)
-    corrupted = torch.randint(0, D_VOCAB, (3, 6), generator=gen)
-    return clean, corrupted
+def tokens(tiny_tokens):
+    return tiny_tokens
 
 
 def _logit_diff(clean, corrupted):
@@ -149,11 +134,11 @@ LOCAL_CASES += [("three_layer_rotary_mlp", t) for t in ("head_out", "mlp_out", "
 
 
 def test_next_layer_update_covers_the_test_models(models):
-    # The position-local cases above run the next layer through _next_layer_logits on these models (and through
-    # TL's restart on the shortformer model), so they test both paths.
+    # The position-local cases above run the next layer through the attention_update fast path on these models (and
+    # through TL's restart on the shortformer model), so they test both paths.
     for name in ("mlp_ln", "rotary_attn_only", "rotary_parallel_mlp", "three_layer_rotary_mlp"):
-        assert patching._updatable(models[name], 1), name
-    assert not patching._updatable(models["shortformer_mlp"], 1)
+        assert mt.core.architectures.supports(models[name], "attention_update", 1), name
+    assert not mt.core.architectures.supports(models["shortformer_mlp"], "attention_update", 1)
 
 
 @pytest.mark.parametrize("model_name,target", LOCAL_CASES)
@@ -259,8 +244,8 @@ def test_attribution_every_matches_single_targets_and_leaves_no_grads(models, to
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_attribution_with_frozen_parameters(models, tokens):
-    model = _model(True, None)
+def test_attribution_with_frozen_parameters(make_tiny_transformer, tokens):
+    model = make_tiny_transformer(seed=1, act_fn="gelu", **MODELS["attn_only_no_ln"])  # its own: frozen below
     for p in model.parameters():
         p.requires_grad_(False)
     metric = _logit_diff(*tokens)
@@ -322,8 +307,8 @@ def test_no_hooks_left_when_metric_raises(models, tokens, fn):
 
 
 @pytest.mark.parametrize("fn", [patching.activation_patch, patching.attribution_patch])
-def test_no_hooks_left_when_model_raises(models, tokens, fn, monkeypatch):
-    model = _model(False, "LN")
+def test_no_hooks_left_when_model_raises(make_tiny_transformer, tokens, fn, monkeypatch):
+    model = make_tiny_transformer(seed=1, act_fn="gelu", normalization_type="LN", d_mlp=8)  # its own: broken below
 
     def broken_unembed(*args, **kwargs):
         raise RuntimeError("model failed")
@@ -335,59 +320,6 @@ def test_no_hooks_left_when_model_raises(models, tokens, fn, monkeypatch):
     assert not has_hooks(model)
 
 
-# --- metrics ---
-
-
-def test_metrics_against_direct_computation(models, tokens):
-    model = models["mlp_ln"]
-    clean, corrupted = tokens
-    clean_logits, corrupted_logits = model(clean), model(corrupted)
-    rows = torch.arange(3)
-    answer, wrong = clean[:, -1], corrupted[:, -1]
-    expected = (clean_logits[rows, -1, answer] - clean_logits[rows, -1, wrong]).mean()
-    torch.testing.assert_close(metrics.logit_diff(answer, wrong)(clean_logits), expected)
-    torch.testing.assert_close(metrics.logit_diff(3, 4, pos=2)(clean_logits),
-                               (clean_logits[:, 2, 3] - clean_logits[:, 2, 4]).mean())
-    torch.testing.assert_close(metrics.answer_loss(answer)(clean_logits),
-                               torch.nn.functional.cross_entropy(clean_logits[:, -1], answer))
-    torch.testing.assert_close(metrics.probability(answer)(clean_logits),
-                               clean_logits[rows, -1].softmax(-1)[rows, answer].mean())
-    torch.testing.assert_close(metrics.loss(clean)(clean_logits), model(clean, return_type="loss"))
-    per_token = model(clean, return_type="loss", loss_per_token=True)  # (batch, pos - 1)
-    torch.testing.assert_close(metrics.loss(clean, positions=slice(2, None))(clean_logits), per_token[:, 2:].mean())
-    kl = metrics.kl_to_clean(clean_logits)
-    assert kl(clean_logits).abs() < 1e-6
-    expected_kl = torch.nn.functional.kl_div(corrupted_logits[:, -1].log_softmax(-1), clean_logits[:, -1].log_softmax(-1),
-                                             log_target=True, reduction="batchmean")
-    torch.testing.assert_close(kl(corrupted_logits), expected_kl)
-    normalized = metrics.normalized_logit_diff(answer, wrong, clean_logits, corrupted_logits)
-    assert normalized(clean_logits).item() == pytest.approx(1.0, abs=1e-6)
-    assert normalized(corrupted_logits).item() == pytest.approx(0.0, abs=1e-6)
-    with pytest.raises(ValueError, match="cannot normalise"):
-        metrics.normalized(metrics.loss(clean), clean_logits, clean_logits)
-
-
-def test_metrics_declare_exactly_the_positions_they_read(tokens):
-    # Independent check of each declaration: the positions where the metric's gradient is non-zero.
-    clean, corrupted = tokens
-    gen = torch.Generator().manual_seed(3)
-    logits = torch.randn(3, 6, D_VOCAB, generator=gen, requires_grad=True)
-    other = torch.randn(3, 6, D_VOCAB, generator=gen)
-    answer, wrong = clean[:, -1], corrupted[:, -1]
-    cases = [
-        metrics.logit_diff(answer, wrong), metrics.logit_diff(3, 4, pos=2), metrics.answer_loss(answer, pos=1),
-        metrics.probability(answer), metrics.loss(clean), metrics.loss(clean, positions=slice(2, 4)),
-        metrics.loss(clean, positions=[0, 3]), metrics.kl_to_clean(other, pos=[1, 4]), metrics.kl_to_clean(other, None),
-        metrics.normalized(metrics.loss(clean, positions=[1]), logits.detach(), other),
-    ]
-    for metric in cases:
-        (grad,) = torch.autograd.grad(metric(logits), logits)
-        read = grad.abs().sum(dim=(0, 2)) > 0
-        declared = patching._read_positions(metric, 6)
-        declared = torch.ones(6, dtype=torch.bool) if declared is None else declared
-        assert torch.equal(read, declared), (metric.positions, read)
-
-
 def test_declared_positions_are_checked(models, tokens):
     model = models["mlp_ln"]
     bad = metrics.reads(7)(lambda logits: logits[:, -1].sum())
@@ -396,24 +328,9 @@ def test_declared_positions_are_checked(models, tokens):
     assert not has_hooks(model)
 
 
-def test_run_until_matches_run_with_cache_and_stops_early(models, tokens):
-    model = models["mlp_ln"]
-    names = [get_act_name("z", 0), get_act_name("resid_mid", 1)]
-    _, cache = model.run_with_cache(tokens[0], names_filter=names)
-    reached = []
-    with model.hooks(fwd_hooks=[(get_act_name("post", 1), lambda act, hook: reached.append(hook.name))]):
-        acts = run_until(model, tokens[0], names)
-    assert reached == []  # the MLP of layer 1 comes after the last activation asked for
-    for name in names:
-        torch.testing.assert_close(acts[name], cache[name], rtol=0, atol=0)
-    assert not has_hooks(model)
-    with pytest.raises(ValueError, match="unknown hook names"):
-        run_until(model, tokens[0], ["blocks.0.hook_nothing"])
-
-
 def test_float64_model_with_skipped_patches(tokens):
-    model = build_model(dict(n_layers=2, d_model=16, d_head=4, n_heads=4, d_vocab=D_VOCAB, n_ctx=10, act_fn="gelu",
-                             normalization_type="LN", d_mlp=8, dtype=torch.float64), seed=2).eval()
+    model = mt.build_model(dict(n_layers=2, d_model=16, d_head=4, n_heads=4, d_vocab=D_VOCAB, n_ctx=10, act_fn="gelu",
+                                normalization_type="LN", d_mlp=8, dtype=torch.float64), seed=2).eval()
     clean, corrupted = tokens
     metric = _logit_diff(clean, corrupted)
     _, clean_cache = model.run_with_cache(clean)
@@ -446,11 +363,11 @@ def test_hooks_already_attached_are_applied(models, tokens):
 @pytest.mark.parametrize("positions", ["standard", "alibi"])
 def test_bidirectional_attention(tokens, positions):
     # A patch at position p reaches earlier positions too: nothing is skipped for being before p, no restarts.
-    model = build_model(dict(n_layers=2, d_model=16, d_head=4, n_heads=4, d_vocab=D_VOCAB, n_ctx=10, act_fn="gelu",
-                             normalization_type="LN", d_mlp=8, attention_dir="bidirectional",
-                             positional_embedding_type=positions), seed=3).eval()
+    model = mt.build_model(dict(n_layers=2, d_model=16, d_head=4, n_heads=4, d_vocab=D_VOCAB, n_ctx=10, act_fn="gelu",
+                                normalization_type="LN", d_mlp=8, attention_dir="bidirectional",
+                                positional_embedding_type=positions), seed=3).eval()
     clean, corrupted = tokens
-    metric = metrics.logit_diff(clean[:, 2], corrupted[:, 2], pos=2)
+    metric = metrics.logit_diff(clean[:, 2], corrupted[:, 2], positions=2)
     _, clean_cache = model.run_with_cache(clean)
     for target in ("resid_pre", "head_out", "attn_out"):
         theirs = TL_FUNCTIONS[target](model, corrupted, clean_cache, metric)

@@ -1,18 +1,24 @@
+"""Progress measures of grokking against independent computations: Gini, restricted and excluded loss, phases."""
+
 import pytest
 import torch
 
-from mi_toolkit import ModularArithmetic, make_grokking_model
-from mi_toolkit.fast_forward import final_position_logits
-from mi_toolkit.progress import (
+import mi_toolkit as mt
+from mi_toolkit.analysis.progress import (
     estimate_phases,
     evaluate_modular,
     excluded_loss,
     excluded_loss_per_frequency,
     gini,
+    grokking_measures,
     restricted_loss,
     sum_squared_weights,
 )
-from mi_toolkit.tasks import last_token_loss
+
+
+def last_token_loss(logits, labels):
+    """Cross-entropy of last-position logits in float64, as the progress measures compute it."""
+    return mt.core.losses.answer_loss(logits, labels, dtype=torch.float64)
 
 
 def _gini_mean_difference(x):
@@ -32,17 +38,8 @@ def test_gini_extremes():
     assert gini(torch.tensor([0.0] * 9 + [1.0])) == pytest.approx(0.9)
 
 
-@pytest.fixture(scope="module")
-def small():
-    p = 13
-    model = make_grokking_model(p, d_model=32, d_head=8, d_mlp=48, freeze_biases=False, seed=3)
-    for param in model.parameters():
-        param.data += 0.1 * torch.randn_like(param)
-    return model, ModularArithmetic(p=p, frac_train=0.5, seed=1)
-
-
-def test_restricted_loss_keeping_everything_is_the_full_loss(small):
-    model, task = small
+def test_restricted_loss_keeping_everything_is_the_full_loss(grokking_model_and_task):
+    model, task = grokking_model_and_task
     every = list(range(1, (task.p - 1) // 2 + 1))
     logits = model(task.tokens)[:, -1]
     for split, idx in (("test", task.test_indices), ("train", task.train_indices)):
@@ -53,9 +50,9 @@ def test_restricted_loss_keeping_everything_is_the_full_loss(small):
     assert excluded_loss(model, task, []) == pytest.approx(full_train, rel=1e-6)
 
 
-def test_excluded_loss_matches_manual_hook(small):
+def test_excluded_loss_matches_manual_hook(grokking_model_and_task):
     """Independent computation: edit hook_post with a forward hook and run the full model."""
-    model, task = small
+    model, task = grokking_model_and_task
     p, k = task.p, 2
     ab = (task.tokens[:, 0] + task.tokens[:, 1]).double()
     u = torch.stack([torch.cos(2 * torch.pi * k * ab / p), torch.sin(2 * torch.pi * k * ab / p)], 1)
@@ -72,8 +69,8 @@ def test_excluded_loss_matches_manual_hook(small):
     assert excluded_loss_per_frequency(model, task, [k])[k] == pytest.approx(expected, rel=1e-5)
 
 
-def test_evaluate_modular_against_full_forward(small):
-    model, task = small
+def test_evaluate_modular_against_full_forward(grokking_model_and_task):
+    model, task = grokking_model_and_task
     out = evaluate_modular(model, task)
     logits = model(task.tokens)[:, -1]
     acc = (logits.argmax(-1) == task.labels).float()
@@ -84,8 +81,25 @@ def test_evaluate_modular_against_full_forward(small):
     assert sum_squared_weights(model) == out["weight_norm"]
 
 
-def test_unknown_components_and_split_rejected(small):
-    model, task = small
+def test_grokking_measures_complete_the_task_evaluation(grokking_model_and_task):
+    # The task reports losses and accuracies only; the measures of grokking come from grokking_measures.
+    model, task = grokking_model_and_task
+    evaluation = task.evaluate(model)
+    assert set(evaluation) == {"train_loss", "test_loss", "train_acc", "test_acc"}
+    measures = grokking_measures(model, task)
+    assert set(measures) == {"gini_embed", "gini_unembed", "weight_norm"}
+    basis = mt.fourier.fourier_basis(task.p)
+    with torch.no_grad():
+        embed_norms = (basis @ model.W_E[: task.p]).norm(dim=1)  # per Fourier component over the inputs
+        unembed_norms = (model.blocks[0].mlp.W_out @ model.W_U[:, : task.p] @ basis.T).norm(dim=0)  # over outputs
+    assert measures["gini_embed"] == pytest.approx(gini(embed_norms), abs=1e-6)
+    assert measures["gini_unembed"] == pytest.approx(gini(unembed_norms), abs=1e-6)
+    assert measures["weight_norm"] == sum_squared_weights(model)
+    assert evaluate_modular(model, task) == {**evaluation, **measures}
+
+
+def test_unknown_components_and_split_rejected(grokking_model_and_task):
+    model, task = grokking_model_and_task
     with pytest.raises(ValueError, match="components"):
         restricted_loss(model, task, [1], components="both")
     with pytest.raises(ValueError, match="split"):

@@ -1,3 +1,5 @@
+"""Sparse autoencoders: training, evaluation, splicing into a model, and loading."""
+
 import dataclasses
 import json
 
@@ -5,37 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mi_toolkit.checkpoints import CheckpointError
-from mi_toolkit.ground_truth import GroundTruth, mmcs
-from mi_toolkit.models import make_grokking_model
-from mi_toolkit.sae import SAE, ActivationStream, SAEConfig, _resample_dead, collect_activations, train_sae
-from mi_toolkit.sae_eval import (
-    ce_loss_recovered,
-    decoder_spread,
-    density_histogram,
-    evaluate_sae,
-    max_activating,
-)
-from mi_toolkit.tasks import last_token_loss
+import mi_toolkit as mt
+from mi_toolkit import SAE, GroundTruth, SAEConfig, ce_loss_recovered, mmcs, train_sae
+from mi_toolkit.analysis.sae import decoder_spread, density_histogram, evaluate_sae, max_activating
+from mi_toolkit.core import CheckpointError, collect_activations
+
+# The dead-feature resampler has no public name (train_sae calls it); tested on features killed by hand.
+from mi_toolkit.training.sae import _resample_dead
 
 HOOK = "blocks.0.mlp.hook_post"
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    """A small modular-addition transformer fitted to its full token grid (p = 11), so that its MLP matters."""
-    model = make_grokking_model(p=11, d_model=32, d_head=8, n_heads=4, d_mlp=48, seed=0)
-    a, b = torch.meshgrid(torch.arange(11), torch.arange(11), indexing="ij")
-    tokens = torch.stack([a.flatten(), b.flatten(), torch.full((121,), 11)], dim=1)
-    labels = (a + b).flatten() % 11
-    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(100):
-        loss = last_token_loss(model(tokens)[:, -1], labels)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    assert loss.item() < 0.5
-    return model.eval(), tokens, labels
 
 
 @pytest.fixture(scope="module")
@@ -86,23 +66,19 @@ def test_ground_truth_sparsity_and_correlation():
     assert mean_abs_corr(c_cor) > 3 * mean_abs_corr(c_ind)
 
 
-def test_identity_sae_splices_in_at_the_clean_loss(tiny_model):
-    model, tokens, labels = tiny_model
+def test_identity_sae_splices_in_at_the_clean_loss(fitted_grokking_model):
+    model, tokens, labels = fitted_grokking_model
     sae = identity_sae(model.cfg.d_mlp)
-
-    def loss_fn(logits):
-        return last_token_loss(logits[:, -1], labels)
-
-    result = ce_loss_recovered(model, sae, HOOK, tokens, positions=-1, loss_fn=loss_fn)
+    result = ce_loss_recovered(model, sae, HOOK, tokens, positions=-1, metric=mt.metrics.answer_loss(labels))
     with torch.no_grad():
-        clean = last_token_loss(model(tokens)[:, -1], labels).item()
+        clean = F.cross_entropy(model(tokens)[:, -1], labels).item()
 
         def zero_last(act, hook):
             act = act.clone()
             act[:, -1] = 0
             return act
 
-        zero = last_token_loss(model.run_with_hooks(tokens, fwd_hooks=[(HOOK, zero_last)])[:, -1], labels).item()
+        zero = F.cross_entropy(model.run_with_hooks(tokens, fwd_hooks=[(HOOK, zero_last)])[:, -1], labels).item()
     assert result.clean == pytest.approx(clean, abs=1e-9)
     assert result.sae == pytest.approx(clean, abs=1e-6)
     assert result.zero_ablated == pytest.approx(zero, abs=1e-9)
@@ -111,16 +87,16 @@ def test_identity_sae_splices_in_at_the_clean_loss(tiny_model):
     assert result.recovered_vs_mean == pytest.approx(1.0, abs=1e-3)
 
 
-def test_identity_sae_splice_with_default_language_model_loss(tiny_model):
-    model, tokens, _ = tiny_model
+def test_identity_sae_splice_with_default_language_model_loss(fitted_grokking_model):
+    model, tokens, _ = fitted_grokking_model
     tokens = tokens[:, :2]  # next-token loss needs targets inside d_vocab_out, so leave out '='
     result = ce_loss_recovered(model, identity_sae(model.cfg.d_model), "blocks.0.hook_resid_mid", tokens)
     with torch.no_grad():
         assert result.sae == pytest.approx(model(tokens, return_type="loss").item(), abs=1e-5)
 
 
-def test_train_from_model_stream_and_evaluate(tiny_model):
-    model, tokens, labels = tiny_model
+def test_train_from_model_stream_and_evaluate(fitted_grokking_model):
+    model, tokens, labels = fitted_grokking_model
     cfg = SAEConfig(d_in=48, d_sae=96, activation="topk", k=8, batch_size=64, buffer_size=128, steps=150,
                     resample_every=50)
     # buffer_size < 121 activations: exercises the refill path of the buffer.
@@ -176,8 +152,8 @@ def test_dead_features_are_resampled(ground_truth):
     assert torch.equal(sae.W_enc[:, :32], live_before)  # live features untouched
 
 
-def test_max_activating_matches_brute_force(tiny_model):
-    model, tokens, _ = tiny_model
+def test_max_activating_matches_brute_force(fitted_grokking_model):
+    model, tokens, _ = fitted_grokking_model
     cfg = SAEConfig(d_in=48, d_sae=32, steps=0)
     sae = SAE(cfg)
     result = max_activating(model, sae, HOOK, tokens, k=3, batch_size=50)
@@ -238,8 +214,8 @@ def test_load_errors(tmp_path):
     assert issubclass(CheckpointError, ValueError)
 
 
-def test_clear_errors_before_training(tiny_model):
-    model, tokens, _ = tiny_model
+def test_clear_errors_before_training(fitted_grokking_model):
+    model, tokens, _ = fitted_grokking_model
     with pytest.raises(ValueError, match=r"d_in = 64 but the activation at hook 'blocks.0.mlp.hook_post' has size 48"):
         train_sae((model, HOOK, tokens), SAEConfig(d_in=64, d_sae=8))
     with pytest.raises(ValueError, match="cfg.d_in = 7 but each activation has size 32"):
@@ -254,14 +230,3 @@ def test_clear_errors_before_training(tiny_model):
                 dict(k=9, activation="topk")):
         with pytest.raises(ValueError, match="l1_coefficient|k must"):
             SAEConfig(d_in=4, d_sae=8, **bad)
-
-
-def test_stream_flattens_head_dimensions(tiny_model):
-    model, tokens, _ = tiny_model
-    stream = ActivationStream(model, "blocks.0.attn.hook_z", tokens, positions=slice(1, 3), batch_size=40)
-    acts = torch.cat(list(stream))
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens)
-    z = cache["blocks.0.attn.hook_z"][:, 1:3]  # (batch, pos, head_index, d_head)
-    assert stream.d_in == 32
-    torch.testing.assert_close(acts, z.reshape(-1, 32))

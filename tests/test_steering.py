@@ -1,18 +1,18 @@
+"""Steering hooks (SAE splices, feature edits, added directions) against the edits computed by hand."""
+
 import pytest
 import torch
 
-from mi_toolkit._tl import has_hooks
-from mi_toolkit.ablation import ablate
-from mi_toolkit.models import make_grokking_model
-from mi_toolkit.sae import SAE, SAEConfig
-from mi_toolkit.steering import add_direction, clamp_feature, scale_feature, splice_sae
+from mi_toolkit import SAE, SAEConfig, add_direction, clamp_feature, scale_feature, splice_sae
+from mi_toolkit.core import has_hooks
+from mi_toolkit.interventions import ablate
 
 HOOK = "blocks.0.hook_resid_mid"
 
 
 @pytest.fixture(scope="module")
-def setup():
-    model = make_grokking_model(p=11, d_model=16, d_head=4, n_heads=4, d_mlp=32, seed=0).eval()
+def setup(tiny_grokking_model):
+    model = tiny_grokking_model  # p = 11, d_model 16, 4 heads of 4, d_mlp 32, seed 0
     tokens = torch.randint(0, 12, (20, 3), generator=torch.Generator().manual_seed(0))
     sae = SAE(SAEConfig(d_in=16, d_sae=40, seed=1))
     with torch.no_grad():

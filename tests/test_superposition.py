@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mi_toolkit.superposition import ToyModel, ToyModelConfig, superposition_metrics, train_toy_model
+from mi_toolkit import ToyModel, ToyModelConfig, superposition_metrics, train_toy_model
 
 
 def _angles_deg(W: torch.Tensor) -> torch.Tensor:

@@ -1,18 +1,24 @@
+"""The trainer: exact resume after an interrupt, refused and corrupt checkpoints, divergence, schedules, recipes,
+Grokfast filters, and determinism."""
+
 import json
+import math
 
 import pytest
 import torch
 
-from mi_toolkit import ModularArithmetic, TrainConfig, make_grokking_model, train
-from mi_toolkit.checkpoints import CheckpointError
-from mi_toolkit.grokfast import GrokfastEMA, GrokfastMA
-from mi_toolkit.training import TrainingDivergedError, list_checkpoints
+import mi_toolkit as mt
+from mi_toolkit import ModularArithmetic, TrainConfig, train
+from mi_toolkit.core import CheckpointError
+from mi_toolkit.training import GrokfastEMA, GrokfastMA, TrainingDivergedError, list_checkpoints, recipes
 
 P = 11
 
 
-def _model(seed=0):
-    return make_grokking_model(P, d_model=16, d_head=4, d_mlp=32, seed=seed)
+@pytest.fixture
+def new_model(make_tiny_grokking_model):
+    """A new tiny grokking transformer for p = 11 (d_model 16, 4 heads of 4, d_mlp 32) per call: tests train it."""
+    return lambda seed=0: make_tiny_grokking_model(P, seed=seed)
 
 
 class Interrupting(ModularArithmetic):
@@ -29,16 +35,16 @@ class Interrupting(ModularArithmetic):
 
 
 @pytest.mark.parametrize("grad_filter", ["none", "ema", "ma"])
-def test_resume_after_interrupt_gives_identical_weights(tmp_path, grad_filter):
+def test_resume_after_interrupt_gives_identical_weights(tmp_path, grad_filter, new_model):
     cfg = TrainConfig(steps=30, lr=3e-3, warmup_steps=5, grad_filter=grad_filter, ma_window=4, log_every=5,
                       checkpoint_every=10)
     task = ModularArithmetic(p=P, frac_train=0.5)
-    reference = _model()
+    reference = new_model()
     ref = train(reference, task, cfg, tmp_path / "ref", progress=False)
 
     with pytest.raises(KeyboardInterrupt):
-        train(_model(), Interrupting(24, p=P, frac_train=0.5), cfg, tmp_path / "run", progress=False)
-    resumed = _model(seed=123)  # different init: everything must come from the checkpoint
+        train(new_model(), Interrupting(24, p=P, frac_train=0.5), cfg, tmp_path / "run", progress=False)
+    resumed = new_model(seed=123)  # different init: everything must come from the checkpoint
     out = train(resumed, task, cfg, tmp_path / "run", progress=False)
 
     assert out.resumed_from == 20
@@ -50,21 +56,21 @@ def test_resume_after_interrupt_gives_identical_weights(tmp_path, grad_filter):
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [10, 20, 30]
 
 
-def test_resume_with_other_config_refused(tmp_path):
+def test_resume_with_other_config_refused(tmp_path, new_model):
     task = ModularArithmetic(p=P, frac_train=0.5)
-    train(_model(), task, TrainConfig(steps=4, checkpoint_every=2), tmp_path, progress=False)
+    train(new_model(), task, TrainConfig(steps=4, checkpoint_every=2), tmp_path, progress=False)
     with pytest.raises(CheckpointError, match="another configuration.*lr"):
-        train(_model(), task, TrainConfig(steps=8, lr=5e-3, checkpoint_every=2), tmp_path, progress=False)
+        train(new_model(), task, TrainConfig(steps=8, lr=5e-3, checkpoint_every=2), tmp_path, progress=False)
     # more steps with the same settings continues
-    assert train(_model(), task, TrainConfig(steps=6, checkpoint_every=2), tmp_path, progress=False).resumed_from == 4
+    assert train(new_model(), task, TrainConfig(steps=6, checkpoint_every=2), tmp_path, progress=False).resumed_from == 4
 
 
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, new_model):
     task = ModularArithmetic(p=P, frac_train=0.5)
-    train(_model(), task, TrainConfig(steps=2, checkpoint_every=1), tmp_path, progress=False)
+    train(new_model(), task, TrainConfig(steps=2, checkpoint_every=1), tmp_path, progress=False)
     (tmp_path / "checkpoints" / "resume.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="corrupt"):
-        train(_model(), task, TrainConfig(steps=4, checkpoint_every=1), tmp_path, progress=False)
+        train(new_model(), task, TrainConfig(steps=4, checkpoint_every=1), tmp_path, progress=False)
 
 
 class Exploding(ModularArithmetic):
@@ -72,16 +78,64 @@ class Exploding(ModularArithmetic):
         return super().loss(model, batch) * float("nan")
 
 
-def test_nan_loss_stops_with_message(tmp_path):
+def test_nan_loss_stops_with_message(tmp_path, new_model):
     with pytest.raises(TrainingDivergedError, match="loss became nan at step 0"):
-        train(_model(), Exploding(p=P), TrainConfig(steps=3), tmp_path, progress=False)
+        train(new_model(), Exploding(p=P), TrainConfig(steps=3), tmp_path, progress=False)
 
 
 @pytest.mark.parametrize("kwargs", [dict(steps=0), dict(lr=0.0), dict(weight_decay=-1.0), dict(betas=(0.9, 1.0)),
-                                    dict(grad_filter="sma"), dict(log_every=0)])
+                                    dict(grad_filter="sma"), dict(log_every=0), dict(optimizer="sgd"),
+                                    dict(lr_schedule="step"), dict(decay_fraction=1.5)])
 def test_bad_config(kwargs):
     with pytest.raises(ValueError):
         TrainConfig(**kwargs)
+    with pytest.raises(ValueError):  # replace validates too
+        TrainConfig().replace(**kwargs)
+
+
+def test_recipes_are_configs_changed_with_replace():
+    assert recipes.GROKKING_RECIPES == {"fast": recipes.GROKKING_FAST, "paper": recipes.GROKKING_PAPER}
+    short = recipes.GROKKING_FAST.replace(steps=600)
+    assert short.steps == 600 and recipes.GROKKING_FAST.steps == 1_500
+    assert short.replace(steps=recipes.GROKKING_FAST.steps) == recipes.GROKKING_FAST
+    assert (recipes.GROKKING_PAPER.lr, recipes.GROKKING_PAPER.weight_decay, recipes.GROKKING_PAPER.steps) == \
+        (1e-3, 1.0, 40_000)
+    assert mt.GrokkingConfig(steps=600).train_config() == recipes.GROKKING_FAST.replace(steps=600, log_every=100,
+                                                                                      checkpoint_every=100)
+
+
+def test_lr_schedules_follow_their_formulas_and_measures_are_recorded(new_model):
+    # The learning rate logged at step s is the one the next optimiser step uses: lr * warmup * schedule.
+    def warmup(s):
+        return min(1.0, (s + 1) / 4)
+
+    cosine = TrainConfig(steps=20, lr=1e-2, warmup_steps=4, lr_schedule="cosine")
+    for s in range(21):
+        assert cosine.lr_factor(s) == pytest.approx(warmup(s) * 0.5 * (1 + math.cos(math.pi * s / 20)))
+    config = TrainConfig(steps=20, lr=1e-2, warmup_steps=4, lr_schedule="linear_decay", decay_fraction=0.5,
+                         log_every=2, checkpoint_every=1000)
+    result = train(new_model(), ModularArithmetic(p=P, frac_train=0.5), config, progress=False,
+                   measures=lambda model: {"measured": float(model.W_E.detach().sum())})
+    assert [r["step"] for r in result.history] == list(range(0, 21, 2))
+    for record in result.history:  # constant for the first half, then linearly to zero
+        s = record["step"]
+        assert record["lr"] == pytest.approx(1e-2 * warmup(s) * min(1.0, (20 - s) / 10), abs=1e-12)
+    assert result.history[-1]["lr"] == 0.0
+    assert all("measured" in r and "test_loss" in r for r in result.history)
+    assert result.history[0]["measured"] != result.history[-1]["measured"]
+
+
+def test_adam_and_adamw_differ_only_in_weight_decay(new_model):
+    task = ModularArithmetic(p=P, frac_train=0.5)
+    weights = {}
+    for optimizer in ("adam", "adamw"):
+        for weight_decay in (0.0, 1.0):
+            model = new_model()
+            train(model, task, TrainConfig(steps=3, lr=1e-2, weight_decay=weight_decay, optimizer=optimizer),
+                  progress=False)
+            weights[optimizer, weight_decay] = model.W_E.detach().clone()
+    assert torch.equal(weights["adam", 0.0], weights["adamw", 0.0])
+    assert not torch.allclose(weights["adam", 1.0], weights["adamw", 1.0])
 
 
 def _one_param(grads):
@@ -117,16 +171,14 @@ def test_grokfast_ma_matches_formula():
 
 def test_same_seed_same_weights_with_two_threads():
     # Multi-threaded CPU backward kernels can sum in a thread-dependent order; the trainer must not let them.
-    from mi_toolkit.induction import InductionTask, make_induction_model
-
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         weights = []
         for _ in range(2):
-            model = make_induction_model(seed=0)
-            train(model, InductionTask(), TrainConfig(steps=30, lr=1e-2, weight_decay=0.01, warmup_steps=5,
-                                                     log_every=1000, checkpoint_every=1000), progress=False)
+            model = mt.make_induction_model(seed=0)
+            train(model, mt.InductionTask(), TrainConfig(steps=30, lr=1e-2, weight_decay=0.01, warmup_steps=5,
+                                                        log_every=1000, checkpoint_every=1000), progress=False)
             weights.append(model.state_dict())
     finally:
         torch.set_num_threads(threads)

@@ -43,7 +43,7 @@ def splice_sae(sae: SAE, *, positions: Positions | None = None) -> HookFn:
     return hook
 
 
-def _edit_feature(sae: SAE, feature: int, new_value, positions: Positions) -> HookFn:
+def _edit_feature(sae: SAE, feature: int, new_value, positions: Positions | None) -> HookFn:
     """Shared body of clamp and scale: ``x + (new_value(f_i) - f_i) W_dec[i]``."""
     if not 0 <= feature < sae.cfg.d_sae:
         raise ValueError(f"feature must be in [0, {sae.cfg.d_sae}), got {feature}")

@@ -19,7 +19,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor, nn
 
 __all__ = ["ToyModel", "ToyModelConfig"]

@@ -1,9 +1,14 @@
+"""The last-position fast forward pass (``mt.core.forward``) against TransformerLens's full forward pass, and the
+architecture table (``mt.core.architectures``) that decides when it runs."""
+
 import pytest
 import torch
 
+import mi_toolkit as mt
 from mi_toolkit import build_model, make_grokking_model
-from mi_toolkit._tl import get_act_name
-from mi_toolkit.fast_forward import final_position_forward, final_position_logits, supports_fast_path
+from mi_toolkit.core import get_act_name
+from mi_toolkit.core.architectures import unmet_requirements
+from mi_toolkit.core.forward import final_position_forward, final_position_logits, supports_fast_path
 
 CONFIGS = {
     "grokking (lookup path)": (dict(), 200),
@@ -56,8 +61,10 @@ def test_hooked_model_takes_the_full_path(device):
     seen = []
     with model.hooks(fwd_hooks=[(get_act_name("pattern", 1), lambda x, hook: seen.append(x.shape))]):
         assert not supports_fast_path(model)
+        assert unmet_requirements(model, "final_position") == ["no hooks attached"]
         final_position_logits(model, tokens)
     assert seen and supports_fast_path(model)
+    assert unmet_requirements(model, "final_position") == []
 
 
 def test_unsupported_architecture_falls_back(device):
@@ -65,6 +72,20 @@ def test_unsupported_architecture_falls_back(device):
                              act_fn="relu", positional_embedding_type="rotary"), device=device)
     tokens = torch.randint(0, 10, (3, 5), device=device)
     assert not supports_fast_path(model)
+    assert unmet_requirements(model, "final_position") == ["standard positions"]
     torch.testing.assert_close(final_position_logits(model, tokens), model(tokens)[:, -1])
     with pytest.raises(ValueError, match="does not cover"):
         final_position_forward(model, tokens)
+
+
+def test_architecture_table(tiny_induction_model):
+    # Rotary attention-only: the patching paths apply, the final-position path (learned positions only) does not.
+    model = tiny_induction_model
+    assert set(mt.core.FAST_PATHS) == {"final_position", "kv_restart", "attention_update"}
+    assert mt.core.supports(model, "kv_restart") and mt.core.supports(model, "attention_update", 1)
+    assert not mt.core.supports(model, "final_position")
+    assert mt.core.architectures.is_causal(model)
+    tokens = mt.tasks.repeated_tokens(2, 5, 12)
+    torch.testing.assert_close(final_position_logits(model, tokens), model(tokens)[:, -1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="unknown fast path"):
+        unmet_requirements(model, "everything")
