@@ -146,7 +146,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--grok-steps", type=int, default=mt.recipes.GROKKING_FAST.steps,
+    parser.add_argument("--grok-steps", type=int, default=1500,
                         help="steps of the default recipe to train the grokking model for")
     parser.add_argument("--induction-batches", type=int, nargs="+", default=[8, 32],
                         help="batch sizes of the induction model's clean/corrupted pair")

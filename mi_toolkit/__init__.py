@@ -69,7 +69,7 @@ from mi_toolkit.interventions import (
 )
 
 # --- experiments ---
-from mi_toolkit.experiments import GrokkingConfig, load_run, run_grokking, train_induction_model
+from mi_toolkit.experiments import GrokkingConfig, load_run, run_grokking, sweep, train_induction_model
 from mi_toolkit.experiments import grokking
 
 # --- module names of the flat layout before 0.2 (moves listed in CHANGELOG.md) ---

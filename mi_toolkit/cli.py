@@ -1,4 +1,10 @@
-"""``mi-toolkit`` command line: ``mi-toolkit grokking --out DIR`` trains, measures and reports."""
+"""``mi-toolkit`` command line: one subcommand per experiment.
+
+- ``mi-toolkit grokking --out DIR``: train until grokked (or a cap), measure, report. Exit status 0 when the model
+  grokked, 1 when training until done reached the cap without grokking, 2 for bad arguments.
+- ``mi-toolkit sweep grokking --p 59,97,113 --seeds 0-4 --out DIR``: the same over a grid, on Ray. Exit status 0
+  when every run grokked, 1 otherwise.
+"""
 
 import argparse
 import json
@@ -7,12 +13,18 @@ import sys
 __all__ = ["main"]
 
 
+def _grokking_config(args: argparse.Namespace, **fields):
+    from mi_toolkit.experiments.grokking import GrokkingConfig
+
+    return GrokkingConfig(recipe=args.recipe, steps=args.steps, max_steps=args.max_steps, grad_filter=args.filter,
+                          device=args.device, **fields)
+
+
 def _grokking(args: argparse.Namespace) -> int:
-    from mi_toolkit.experiments.grokking import GrokkingConfig, run_grokking
+    from mi_toolkit.experiments.grokking import run_grokking
 
     try:
-        config = GrokkingConfig(p=args.p, seed=args.seed, frac_train=args.frac_train, recipe=args.recipe,
-                                steps=args.steps, grad_filter=args.filter, device=args.device)
+        config = _grokking_config(args, p=args.p, seed=args.seed, frac_train=args.frac_train)
     except ValueError as err:
         print(f"mi-toolkit grokking: {err}", file=sys.stderr)
         return 2
@@ -24,37 +36,97 @@ def _grokking(args: argparse.Namespace) -> int:
     a = run.analysis
     summary = {
         "out": str(run.path),
+        "grokked": a["grokked"],
         "grokked_at_step": a["grokked_at_step"],
+        "stopped_at_step": a["stopped_at_step"],
+        "stop_reason": a["stop_reason"],
         "final": a["final"],
         "key_frequencies": a["key_frequencies"],
-        "fraction_neurons_single_frequency": round(a["fraction_neurons_single_frequency"], 3),
-        "logit_fraction_explained": round(a["logit_fraction_explained"], 3),
-        "restricted_loss": a["restricted_loss"],
-        "excluded_loss": a["excluded_loss"],
+        "checks": {name: {"value": c["value"], "passed": c["passed"]} for name, c in a["checks"].items()},
         "phases": a["phases"],
         "seconds": a["seconds"],
     }
     print(json.dumps(summary, indent=2))
+    if not a["grokked"]:
+        print(f"mi-toolkit grokking: the model did NOT grok in {a['stopped_at_step']} steps (test accuracy "
+              f"{a['final']['test_acc']:.3f}); it memorised, and its analysis is not a result. Train longer "
+              "(--max-steps) or use more training data (--frac-train).", file=sys.stderr)
+        return 1 if a["stop_reason"] == "cap" else 0
+    failed = [name for name, c in a["checks"].items() if not c["passed"]]
+    if failed:
+        print(f"mi-toolkit grokking: grokked, but these algorithm checks failed: {failed}", file=sys.stderr)
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    """``"59,97,113"`` or ``"0-4"`` (inclusive) or a mix: ``"0-2,7"``."""
+    values = []
+    for part in text.split(","):
+        start, _, end = part.partition("-")
+        values += list(range(int(start), int(end) + 1)) if end else [int(start)]
+    return values
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from mi_toolkit.experiments.sweeps import sweep
+
+    try:
+        ps, seeds = _int_list(args.p), _int_list(args.seeds)
+        fracs = [float(f) for f in args.frac_train.split(",")]
+        for p in ps:
+            for frac in fracs:
+                _grokking_config(args, p=p, frac_train=frac)  # bad input is refused before any run starts
+    except ValueError as err:
+        print(f"mi-toolkit sweep: {err}", file=sys.stderr)
+        return 2
+    rows = sweep(args.out, ps, seeds, fracs, base=_grokking_config(args), address=args.address,
+                 use_ray=False if args.sequential else None, num_cpus=args.cpus, progress=not args.quiet)
+    grokked = sum(bool(r.get("grokked")) for r in rows)
+    passed = sum(bool(r.get("passed_checks")) for r in rows)
+    print(json.dumps({"out": args.out, "runs": len(rows), "grokked": grokked, "passed_checks": passed,
+                      "not_grokked": [r["run"] for r in rows if not r.get("grokked")]}, indent=2))
+    return 0 if grokked == len(rows) else 1
+
+
+def _training_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", choices=["fast", "paper"], default="fast",
+                        help="'fast' (measured on 2 CPU cores, see README) or 'paper' (Nanda et al.'s exact recipe)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, default=None,
+                        help="an exact budget of steps (default: train until grokked and cleaned up)")
+    budget.add_argument("--max-steps", type=int, default=None,
+                        help="the cap when training until done (default: the recipe's, 5000 for 'fast')")
+    parser.add_argument("--filter", choices=["none", "ema", "ma"], default=None,
+                        help="override the recipe's Grokfast gradient filter")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mi-toolkit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mi-toolkit", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("grokking", help="train the modular-addition transformer, measure grokking, write a report")
+    g = sub.add_parser("grokking", help="train the modular-addition transformer until it groks; analyse; report")
     g.add_argument("--out", required=True, help="run directory (new, empty, or an interrupted run to resume)")
-    g.add_argument("--p", type=int, default=113, help="modulus (default 113)")
+    g.add_argument("--p", type=int, default=113, help="modulus, odd (default 113)")
     g.add_argument("--seed", type=int, default=0, help="fixes the split and the initialisation (default 0)")
     g.add_argument("--frac-train", type=float, default=0.3, help="training fraction of the p^2 pairs (default 0.3)")
-    g.add_argument("--recipe", choices=["fast", "paper"], default="fast",
-                   help="'fast' groks p=113 in about 80 s on 2 CPU cores; 'paper' is Nanda et al.'s exact recipe")
-    g.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
-    g.add_argument("--filter", choices=["none", "ema", "ma"], default=None,
-                   help="override the recipe's Grokfast gradient filter")
-    g.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    _training_arguments(g)
     g.add_argument("--no-report", action="store_true", help="skip report.html")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_grokking)
+
+    s = sub.add_parser("sweep", help="run an experiment over a grid of settings (on Ray where installed)")
+    experiments = s.add_subparsers(dest="experiment", required=True)
+    sg = experiments.add_parser("grokking", help="universality: grokking over moduli, seeds and training fractions")
+    sg.add_argument("--out", required=True, help="sweep directory (an earlier sweep there is continued)")
+    sg.add_argument("--p", default="59,97,113", help="moduli, e.g. 59,97,113 (default)")
+    sg.add_argument("--seeds", default="0-4", help="seeds, e.g. 0-4 or 0,3 (default 0-4)")
+    sg.add_argument("--frac-train", default="0.3", help="training fractions, e.g. 0.3,0.5 (default 0.3)")
+    sg.add_argument("--address", default=None,
+                    help="join an existing Ray cluster ('auto' or 'ray://HOST:PORT'); default: a local Ray here")
+    sg.add_argument("--cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    sg.add_argument("--sequential", action="store_true", help="no Ray: one run after another in this process")
+    _training_arguments(sg)
+    sg.set_defaults(func=_sweep)
     args = parser.parse_args(argv)
     return args.func(args)
 

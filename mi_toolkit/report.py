@@ -1,7 +1,6 @@
 """Self-contained HTML reports (plotly inlined once, no network needed to open them)."""
 
 import html
-import json
 from pathlib import Path
 
 from mi_toolkit import plot
@@ -12,7 +11,62 @@ from mi_toolkit.analysis.fourier import (
     neuron_clusters,
 )
 
-__all__ = ["write_html", "write_grokking_report"]
+__all__ = ["grokking_summary_html", "table_html", "write_grokking_report", "write_html", "write_sweep_report"]
+
+_STYLE = (
+    "body{font-family:sans-serif;max-width:1200px;margin:auto}pre{background:#f4f4f4;padding:1em}"
+    "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
+    "th{background:#f0f0f0}.pass{color:#1a7f37;font-weight:bold}.fail{color:#cf222e;font-weight:bold}"
+    ".banner{padding:1em;margin:1em 0;border-radius:6px;font-size:1.1em}"
+    ".banner.bad{background:#ffebe9;border:2px solid #cf222e}.banner.good{background:#dafbe1;border:2px solid #1a7f37}"
+)
+
+
+def table_html(header: list[str], rows: list[list], classes: list[list[str]] | None = None) -> str:
+    """An HTML table; cells are escaped, ``classes[i][j]`` styles a cell (e.g. ``"pass"``, ``"fail"``)."""
+    def cell(value, cls=""):
+        return f"<td class='{cls}'>{html.escape(str(value))}</td>"
+
+    body = "".join(
+        "<tr>" + "".join(cell(v, classes[i][j] if classes else "") for j, v in enumerate(row)) + "</tr>"
+        for i, row in enumerate(rows)
+    )
+    return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" + body + "</table>"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def grokking_summary_html(analysis: dict) -> str:
+    """The opening of a grokking report: a banner (grokked or not, where, why it stopped) and the algorithm checks
+    with value, threshold, the paper's figure and pass/fail."""
+    final = analysis["final"]
+    if analysis.get("grokked"):
+        banner = (f"<div class='banner good'>Grokked: test accuracy reached 99% at step {analysis['grokked_at_step']}"
+                  f"; final test accuracy {final['test_acc']:.4f} at step {final['step']}. Key frequencies "
+                  f"{analysis['key_frequencies']}.</div>")
+    else:
+        banner = (f"<div class='banner bad'><b>NOT GROKKED</b>: after {final['step']} steps ("
+                  f"{html.escape(str(analysis.get('stop_reason', 'end of training')))}) the test accuracy is "
+                  f"{final['test_acc']:.4f} and the restricted loss {_fmt(analysis['restricted_loss'])}. This model "
+                  "memorised without (fully) learning the Fourier algorithm; its analysis below is not a result.</div>")
+    checks = analysis.get("checks", {})
+    rows = [[name, _fmt(c["value"]), c["threshold"], c["paper"], "pass" if c["passed"] else "FAIL"]
+            for name, c in checks.items()]
+    classes = [["", "", "", "", "pass" if c["passed"] else "fail"] for c in checks.values()]
+    facts = [["grokked (test acc >= 99% and restricted loss < 0.1)", _fmt(bool(analysis.get("grokked")))],
+             ["test accuracy first >= 99% at step", _fmt(analysis["grokked_at_step"])],
+             ["cleaned up (restricted loss < 0.1) at step", _fmt(analysis.get("cleaned_up_at_step"))],
+             ["stopped at step (reason)", f"{_fmt(analysis.get('stopped_at_step', final['step']))} "
+                                          f"({analysis.get('stop_reason', '-')})"],
+             ["phases (memorisation end, cleanup start, cleanup end)",
+              ", ".join(_fmt(v) for v in analysis["phases"].values())],
+             ["final train / test loss", f"{_fmt(final['train_loss'])} / {_fmt(final['test_loss'])}"]]
+    return (banner + table_html(["", ""], facts) + "<h3>Algorithm checks</h3>"
+            + table_html(["check", "value", "threshold", "Nanda et al. (2023)", "result"], rows, classes))
 
 
 def write_html(path: str | Path, title: str, sections: list[tuple[str, object]]) -> None:
@@ -25,7 +79,7 @@ def write_html(path: str | Path, title: str, sections: list[tuple[str, object]])
         parts.append(f"<h2>{html.escape(heading)}</h2>\n{body}")
     Path(path).write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}pre{background:#f4f4f4;padding:1em}</style>"
+        f"<style>{_STYLE}</style>"
         f"</head><body><h1>{html.escape(title)}</h1>\n" + "\n".join(parts) + "</body></html>"
     )
 
@@ -40,11 +94,8 @@ def write_grokking_report(path, model, task, history: list[dict], analysis: dict
     for k in freqs:
         scores = clusters.explained * (clusters.dominant == k)
         examples.append((int(scores.argmax()), f"neuron {int(scores.argmax())} (freq {k})"))
-    summary = {k: analysis[k] for k in ("grokked_at_step", "key_frequencies", "fraction_neurons_single_frequency",
-                                        "logit_fraction_explained", "restricted_loss", "excluded_loss", "phases",
-                                        "final")}
     sections = [
-        ("Summary", f"<pre>{html.escape(json.dumps(summary, indent=2))}</pre>"),
+        ("Summary", grokking_summary_html(analysis)),
         ("Loss", plot.loss_curves(history, analysis["phases"])),
         ("Progress measures", plot.progress_measures(history, analysis["phases"])),
         ("Embedding in the Fourier basis", plot.embedding_fourier_norms(embedding_fourier_norms(model, task.p),
@@ -55,3 +106,31 @@ def write_grokking_report(path, model, task, history: list[dict], analysis: dict
         sections.append(("Neuron activations", plot.neuron_heatmaps(acts, *zip(*examples))))
     sections.append(("Logits explained", plot.logit_fraction_explained(logit_decomposition(model, task, freqs))))
     write_html(path, f"Grokking (a {task.op} b) mod {task.p}", sections)
+
+
+def write_sweep_report(path, rows: list[dict]) -> None:
+    """A sweep's report: how many runs grokked and passed the checks, key frequencies across seeds for each p,
+    the steps-to-grok distribution, and every run in a table."""
+    ok = [r for r in rows if r.get("grokked")]
+    passed = [r for r in rows if r.get("passed_checks")]
+    steps = sorted(r["grokked_at_step"] for r in ok if r.get("grokked_at_step") is not None)
+    median = steps[len(steps) // 2] if steps else None
+    cls = "good" if rows and len(passed) == len(rows) else "bad"
+    banner = (f"<div class='banner {cls}'>{len(ok)} of {len(rows)} runs grokked; {len(passed)} passed every "
+              f"algorithm check. Steps to grok: median {_fmt(median)}, max {_fmt(steps[-1] if steps else None)}."
+              "</div>")
+    check_names = list(next((r["checks"] for r in rows if r.get("checks")), {}))
+    header = ["run", "grokked", "at step", "stopped", "key frequencies", *check_names, "seconds", "error"]
+    table, classes = [], []
+    for r in rows:
+        checks = r.get("checks") or {}
+        table.append([r["run"], r.get("grokked"), _fmt(r.get("grokked_at_step")), _fmt(r.get("stopped_at_step")),
+                      r.get("key_frequencies"), *[_fmt(checks[c]["value"]) if c in checks else "-" for c in check_names],
+                      _fmt(r.get("seconds")), r.get("error") or ""])
+        classes.append(["", "pass" if r.get("grokked") else "fail", "", "", "",
+                        *["pass" if checks.get(c, {}).get("passed") else "fail" for c in check_names], "", ""])
+    sections = [("Summary", banner + table_html(header, table, classes))]
+    if ok:
+        sections += [("Key frequencies", plot.sweep_key_frequencies(rows)),
+                     ("Steps to grok", plot.sweep_steps_to_grok(rows))]
+    write_html(path, f"Grokking sweep: {len(rows)} runs", sections)

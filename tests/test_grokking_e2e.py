@@ -45,7 +45,7 @@ def test_progress_measures_behave_as_in_the_paper(run):
     assert early["restricted_loss"] > 1.0
     # Fourier sparsity rises and weight decay cleans up after memorisation.
     assert final["gini_embed"] > h[0]["gini_embed"] + 0.2
-    peak = max(r["weight_norm"] for r in h)
+    peak = max(r["weight_norm"] for r in h if "weight_norm" in r)  # measured at checkpoints
     assert final["weight_norm"] < 0.8 * peak
     phases = run.analysis["phases"]
     assert phases["memorisation_end"] < phases["cleanup_start"] <= phases["cleanup_end"]

@@ -96,12 +96,15 @@ def test_bad_config(kwargs):
 def test_recipes_are_configs_changed_with_replace():
     assert recipes.GROKKING_RECIPES == {"fast": recipes.GROKKING_FAST, "paper": recipes.GROKKING_PAPER}
     short = recipes.GROKKING_FAST.replace(steps=600)
-    assert short.steps == 600 and recipes.GROKKING_FAST.steps == 1_500
+    assert short.steps == 600 and recipes.GROKKING_FAST.steps == 5_000
     assert short.replace(steps=recipes.GROKKING_FAST.steps) == recipes.GROKKING_FAST
     assert (recipes.GROKKING_PAPER.lr, recipes.GROKKING_PAPER.weight_decay, recipes.GROKKING_PAPER.steps) == \
         (1e-3, 1.0, 40_000)
-    assert mt.GrokkingConfig(steps=600).train_config() == recipes.GROKKING_FAST.replace(steps=600, log_every=100,
+    assert mt.GrokkingConfig(steps=600).train_config() == recipes.GROKKING_FAST.replace(steps=600, log_every=10,
                                                                                       checkpoint_every=100)
+    # Training until done: the recipe's steps are the cap, unless max_steps replaces it.
+    assert mt.GrokkingConfig().train_config().steps == recipes.GROKKING_FAST.steps
+    assert mt.GrokkingConfig(max_steps=900).train_config().steps == 900
 
 
 def test_lr_schedules_follow_their_formulas_and_measures_are_recorded(new_model):

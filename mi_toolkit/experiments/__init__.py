@@ -4,3 +4,4 @@ and return a :class:`~mi_toolkit.core.io.Run`; :func:`load_run` reads any of the
 from mi_toolkit.experiments.grokking import GrokkingConfig, analyse, run_grokking
 from mi_toolkit.experiments.induction import train_induction_model
 from mi_toolkit.experiments.runs import load_run
+from mi_toolkit.experiments.sweeps import sweep

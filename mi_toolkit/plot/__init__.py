@@ -15,3 +15,4 @@ from mi_toolkit.plot.grokking import (
 from mi_toolkit.plot.patching import attention_patterns, attribution_vs_activation, patching_heatmap
 from mi_toolkit.plot.sae import feature_activations, feature_density
 from mi_toolkit.plot.superposition import features_vs_sparsity, superposition_geometry
+from mi_toolkit.plot.sweep import sweep_key_frequencies, sweep_steps_to_grok

@@ -134,6 +134,9 @@ class TrainResult:
     history: list[dict]
     """One record per logged step: ``{"step": s, "lr": ..., "loss": ..., **task.evaluate(model)}``."""
     final_step: int
+    """The last step trained (``config.steps``, or earlier where ``stop`` ended the run)."""
+    stopped_early: bool
+    """Whether ``stop`` ended the run before ``config.steps``."""
     resumed_from: int | None
     """The step the run resumed from, or None for a fresh run."""
     seconds: float
@@ -156,6 +159,8 @@ def train(
     *,
     progress: bool = True,
     measures: Callable[[nn.Module], dict[str, float]] | None = None,
+    measures_every: int | None = None,
+    stop: Callable[[dict], bool] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``task`` in place; resume from ``run_dir`` if it holds a checkpoint.
 
@@ -167,6 +172,11 @@ def train(
         progress: show a progress bar.
         measures: ``measures(model) -> dict``, more metrics recorded beside ``task.evaluate``'s at every logged
             step (e.g. :func:`mi_toolkit.analysis.progress.grokking_measures`).
+        measures_every: take ``measures`` only at steps that are multiples of this (and the last); default every
+            logged step.
+        stop: ``stop(record) -> bool``, called on every logged record before it is written (it may add fields to
+            it); True ends the run there, with a checkpoint, so that ``config.steps`` is only a cap. A resumed run
+            whose last record already says stop trains no further.
 
     Returns:
         The metrics history and where the run started and ended.
@@ -176,7 +186,7 @@ def train(
         CheckpointError: ``run_dir`` holds a checkpoint of a different configuration or a corrupt one.
     """
     with _deterministic_algorithms():
-        return _train(model, task, config, run_dir, progress, measures)
+        return _train(model, task, config, run_dir, progress, measures, measures_every, stop)
 
 
 @contextlib.contextmanager
@@ -194,7 +204,7 @@ def _deterministic_algorithms():
 
 
 def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Path | None, progress: bool,
-           measures) -> TrainResult:
+           measures, measures_every, stop) -> TrainResult:
     started = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
@@ -208,25 +218,33 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
     start = state.resume()
     history = state.history
 
-    def log(step: int, loss: float | None) -> None:
+    def log(step: int, loss: float | None) -> bool:
+        """Record the metrics at ``step``; return whether ``stop`` ends the run here."""
         was_training = model.training
         model.eval()
         with torch.no_grad():
             record = {"step": step, "lr": optimizer.param_groups[0]["lr"], "loss": loss, **task.evaluate(model)}
-            if measures is not None:
+            if measures is not None and (measures_every is None or step % measures_every == 0
+                                         or step == config.steps):
                 record.update(measures(model))
+            stopping = stop is not None and stop(record)
         model.train(was_training)
         history.append(record)
         state.append_metrics(record)
         bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
                          if k in ("loss", "test_loss", "test_acc", "l0") and v is not None})
+        return stopping
 
     bar = tqdm(total=config.steps, initial=start, disable=not progress, desc=getattr(task, "name", "train"),
                dynamic_ncols=True)
+    done, stopping = start, False
+    if start > 0 and stop is not None and history:
+        with torch.no_grad():
+            stopping = stop(history[-1])  # the interrupted run had already finished
     try:
         if start == 0:
             log(0, None)
-        for step in range(start, config.steps):
+        for step in range(start, config.steps if not stopping else start):
             loss = task.loss(model, task.train_batch(step))
             loss_value = loss.item()
             if not math.isfinite(loss_value):
@@ -251,12 +269,14 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
             done = step + 1
             bar.update(1)
             if done % config.log_every == 0 or done == config.steps:
-                log(done, loss_value)
-            if done % config.checkpoint_every == 0 or done == config.steps:
+                stopping = log(done, loss_value)
+            if stopping or done % config.checkpoint_every == 0 or done == config.steps:
                 state.save(done)
+            if stopping:
+                break
     finally:
         bar.close()
-    return TrainResult(history, config.steps, start or None, time.perf_counter() - started)
+    return TrainResult(history, done, stopping and done < config.steps, start or None, time.perf_counter() - started)
 
 
 class _TrainState:

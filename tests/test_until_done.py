@@ -1,0 +1,77 @@
+"""Grokking runs train until done: they stop once grokked and cleaned up, say so when they hit the cap without
+grokking, and refuse moduli the analysis cannot handle before any training."""
+
+import json
+
+import pytest
+
+import mi_toolkit as mt
+from mi_toolkit.cli import main as cli
+
+
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory):
+    config = mt.GrokkingConfig(p=41, frac_train=0.5, seed=0, max_steps=1500, margin=50)
+    return mt.run_grokking(tmp_path_factory.mktemp("done") / "run", config, progress=False)
+
+
+@pytest.mark.slow
+def test_stops_a_margin_after_cleanup(done_run):
+    a, h = done_run.analysis, done_run.history
+    assert a["stop_reason"] == "cleaned up" and a["grokked"]
+    assert a["stopped_at_step"] == a["cleaned_up_at_step"] + 50 < 1500
+    assert h[-1]["step"] == a["stopped_at_step"]
+    # The record where cleanup was found: test accuracy >= 99% and a restricted loss below 0.1 at that moment.
+    mark = next(r for r in h if r.get("cleaned_up"))
+    assert mark["step"] == a["cleaned_up_at_step"] and mark["test_acc"] >= 0.99
+    assert mark["cleanup_check"]["restricted_loss"] < 0.1
+    # No earlier checkpoint step with test accuracy >= 99% had cleaned up (else the run would have stopped sooner).
+    earlier = [r for r in h if r["step"] < mark["step"] and "cleanup_check" in r]
+    assert all(r["cleanup_check"]["restricted_loss"] >= 0.1 for r in earlier)
+    # Losses every 10 steps, to see the spikes between checkpoints.
+    steps = [r["step"] for r in h]
+    assert steps == list(range(0, a["stopped_at_step"] + 1, 10))
+    assert a["passed_checks"] == all(c["passed"] for c in a["checks"].values())
+    html = (done_run.path / "report.html").read_text()
+    assert "Grokked: test accuracy reached 99%" in html and "Algorithm checks" in html
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_not_trained_further(done_run):
+    before = (done_run.path / "model.safetensors").read_bytes()
+    again = mt.run_grokking(done_run.path, mt.GrokkingConfig(p=41, frac_train=0.5, seed=0, max_steps=1500, margin=50),
+                            progress=False, report=False)
+    assert again.analysis["stopped_at_step"] == done_run.analysis["stopped_at_step"]
+    assert (done_run.path / "model.safetensors").read_bytes() == before
+
+
+def test_the_cap_without_grokking_says_so(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli(["grokking", "--out", str(out), "--p", "23", "--max-steps", "30", "--quiet"]) == 1
+    assert "did NOT grok" in capsys.readouterr().err
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis["grokked"] is False and analysis["stop_reason"] == "cap" and analysis["stopped_at_step"] == 30
+    html = (out / "report.html").read_text()
+    assert html.index("NOT GROKKED") < html.index("Algorithm checks") < html.index("<h2>Loss")
+
+
+def test_an_exact_budget_reports_but_exits_zero(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli(["grokking", "--out", str(out), "--p", "23", "--steps", "20", "--quiet", "--no-report"]) == 0
+    assert "did NOT grok" in capsys.readouterr().err
+    assert json.loads((out / "analysis.json").read_text())["stop_reason"] == "step budget"
+
+
+def test_even_moduli_are_refused_before_training(tmp_path, capsys):
+    assert cli(["grokking", "--out", str(tmp_path / "x"), "--p", "100"]) == 2
+    assert "even" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="steps .* or max_steps"):
+        mt.GrokkingConfig(steps=10, max_steps=20)
+
+
+def test_odd_composite_moduli_are_analysed(tmp_path):
+    # 21 = 3 x 7: Z_21 has the same Fourier basis as a prime modulus; the analysis must not crash.
+    run = mt.run_grokking(tmp_path / "run", mt.GrokkingConfig(p=21, steps=20), progress=False)
+    assert isinstance(run.analysis["key_frequencies"], list) and "checks" in run.analysis
+    assert all(1 <= k <= 10 for k in run.analysis["key_frequencies"])
