@@ -7,27 +7,32 @@ __all__ = ["sweep_key_frequencies", "sweep_steps_to_grok"]
 
 
 def sweep_key_frequencies(rows: list[dict]) -> go.Figure:
-    """One panel per modulus: the key frequencies of every run (x: seed, marker: training fraction); a run that did
-    not grok is drawn as a cross at frequency 0."""
+    """One panel per modulus: the key frequencies of every run (x: seed; colour and marker: training fraction, side
+    by side); a run that did not grok is a red cross at frequency 0."""
     ps = sorted({r["p"] for r in rows})
-    fig = make_subplots(rows=1, cols=len(ps), subplot_titles=[f"p = {p}" for p in ps], shared_yaxes=False)
+    fig = make_subplots(rows=1, cols=len(ps), subplot_titles=[f"p = {p}" for p in ps])
     fracs = sorted({r["frac_train"] for r in rows})
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
     symbols = ["circle", "square", "diamond", "triangle-up", "star"]
+    shown = set()
     for col, p in enumerate(ps, start=1):
         for i, frac in enumerate(fracs):
+            offset = (i - (len(fracs) - 1) / 2) * 0.15  # fractions side by side at each seed
             sel = [r for r in rows if r["p"] == p and r["frac_train"] == frac]
-            xs, ys, xs_bad = [], [], []
-            for r in sel:
-                if r.get("grokked"):
-                    xs += [r["seed"]] * len(r.get("key_frequencies") or [])
-                    ys += r.get("key_frequencies") or []
-                else:
-                    xs_bad.append(r["seed"])
-            fig.add_scatter(x=xs, y=ys, mode="markers", marker_symbol=symbols[i % len(symbols)], marker_size=9,
-                            name=f"frac {frac:g}", legendgroup=f"{frac}", showlegend=col == 1, row=1, col=col)
-            if xs_bad:
-                fig.add_scatter(x=xs_bad, y=[0] * len(xs_bad), mode="markers", marker_symbol="x", marker_size=12,
-                                marker_color="red", name="not grokked", showlegend=False, row=1, col=col)
+            good = [r for r in sel if r.get("grokked")]
+            xs = [r["seed"] + offset for r in good for _ in r.get("key_frequencies") or []]
+            ys = [k for r in good for k in r.get("key_frequencies") or []]
+            fig.add_scatter(x=xs, y=ys, mode="markers", name=f"frac {frac:g}", legendgroup=f"frac {frac:g}",
+                            marker=dict(symbol=symbols[i % len(symbols)], size=9, color=colours[i % len(colours)]),
+                            showlegend=bool(xs) and f"frac {frac:g}" not in shown, row=1, col=col)
+            if xs:  # plotly drops legend entries of empty traces
+                shown.add(f"frac {frac:g}")
+            bad = [r["seed"] + offset for r in sel if not r.get("grokked")]
+            if bad:
+                fig.add_scatter(x=bad, y=[0] * len(bad), mode="markers", name="not grokked", legendgroup="bad",
+                                marker=dict(symbol="x", size=12, color="red"), showlegend="bad" not in shown,
+                                row=1, col=col)
+                shown.add("bad")
         fig.update_yaxes(range=[-1, (p - 1) // 2 + 1], row=1, col=col)
     fig.update_xaxes(title_text="seed", dtick=1)
     fig.update_yaxes(title_text="key frequency k", row=1, col=1)
