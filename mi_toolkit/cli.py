@@ -1,7 +1,8 @@
 """``mi-toolkit`` command line: one subcommand per experiment.
 
 - ``mi-toolkit grokking --out DIR``: train until grokked (or a cap), measure, report. Exit status 0 when the model
-  grokked, 1 when training until done reached the cap without grokking, 2 for bad arguments.
+  grokked (or an exact ``--steps`` budget ran), 1 when training until done ended without grokking, 2 for bad
+  arguments.
 - ``mi-toolkit sweep grokking --p 59,97,113 --seeds 0-4 --out DIR``: the same over a grid, on Ray. Exit status 0
   when every run grokked, 1 otherwise.
 """
@@ -51,7 +52,7 @@ def _grokking(args: argparse.Namespace) -> int:
         print(f"mi-toolkit grokking: the model did NOT grok in {a['stopped_at_step']} steps (test accuracy "
               f"{a['final']['test_acc']:.3f}); it memorised, and its analysis is not a result. Train longer "
               "(--max-steps) or use more training data (--frac-train).", file=sys.stderr)
-        return 1 if a["stop_reason"] == "cap" else 0
+        return 0 if a["stop_reason"] == "step budget" else 1
     failed = [name for name, c in a["checks"].items() if not c["passed"]]
     if failed:
         print(f"mi-toolkit grokking: grokked, but these algorithm checks failed: {failed}", file=sys.stderr)
@@ -79,12 +80,17 @@ def _sweep(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"mi-toolkit sweep: {err}", file=sys.stderr)
         return 2
-    rows = sweep(args.out, ps, seeds, fracs, base=_grokking_config(args), address=args.address,
-                 use_ray=False if args.sequential else None, num_cpus=args.cpus, progress=not args.quiet)
+    try:
+        rows = sweep(args.out, ps, seeds, fracs, base=_grokking_config(args), address=args.address,
+                     use_ray=False if args.sequential else None, num_cpus=args.cpus, progress=not args.quiet)
+    except FileExistsError as err:
+        print(f"mi-toolkit sweep: {err}", file=sys.stderr)
+        return 2
     grokked = sum(bool(r.get("grokked")) for r in rows)
     passed = sum(bool(r.get("passed_checks")) for r in rows)
     print(json.dumps({"out": args.out, "runs": len(rows), "grokked": grokked, "passed_checks": passed,
-                      "not_grokked": [r["run"] for r in rows if not r.get("grokked")]}, indent=2))
+                      "not_grokked": [r["run"] for r in rows if not r.get("grokked") and not r.get("error")],
+                      "errors": {r["run"]: r["error"] for r in rows if r.get("error")}}, indent=2))
     return 0 if grokked == len(rows) else 1
 
 

@@ -41,6 +41,10 @@ def test_sequential_sweep_resumes_where_it_stopped(tmp_path, monkeypatch):
     again = mt.sweep(tmp_path, [13], [0, 1], [0.5], base=BASE, use_ray=False, progress=False)
     assert calls == [0, 1, 1] and [r["key_frequencies"] for r in again] == [r["key_frequencies"] for r in rows]
     assert "2 runs" in (tmp_path / "report.html").read_text()
+    # Continuing a sweep with other shared settings would mix their results: refused.
+    with pytest.raises(FileExistsError, match="other settings"):
+        mt.sweep(tmp_path, [13], [0, 1], [0.5], base=mt.GrokkingConfig(steps=40, checkpoint_every=10),
+                 use_ray=False, progress=False)
 
 
 @pytest.mark.slow

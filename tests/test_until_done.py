@@ -32,6 +32,9 @@ def test_stops_a_margin_after_cleanup(done_run):
     steps = [r["step"] for r in h]
     assert steps == list(range(0, a["stopped_at_step"] + 1, 10))
     assert a["passed_checks"] == all(c["passed"] for c in a["checks"].values())
+    # Cleanup ends at a checkpoint (where the restricted loss is measured), not at a 10-step loss record.
+    end = next(r for r in h if r["step"] == a["phases"]["cleanup_end"])
+    assert end["restricted_loss"] < 0.1 and end["test_acc"] >= 0.99
     html = (done_run.path / "report.html").read_text()
     assert "Grokked: test accuracy reached 99%" in html and "Algorithm checks" in html
 

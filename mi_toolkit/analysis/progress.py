@@ -39,12 +39,20 @@ __all__ = [
     "evaluate_modular",
     "excluded_loss",
     "grokking_measures",
+    "GROKKED_TEST_ACC",
+    "CLEAN_RESTRICTED_LOSS",
     "excluded_loss_per_frequency",
     "estimate_phases",
     "gini",
     "restricted_loss",
     "sum_squared_weights",
 ]
+
+
+GROKKED_TEST_ACC = 0.99
+"""Test accuracy from which a run counts as generalising."""
+CLEAN_RESTRICTED_LOSS = 0.1
+"""Restricted loss below which the model computes with the Fourier algorithm alone (cleanup has ended)."""
 
 
 def gini(values: Float[Tensor, " n"]) -> float:
@@ -204,5 +212,10 @@ def estimate_phases(history: list[dict], *, train_acc: float = 0.99, test_acc: f
 
     mem = first(lambda r: r["train_acc"] >= train_acc, 0)
     clean = first(lambda r: r["test_acc"] >= test_acc, mem)
-    end = first(lambda r: r["test_acc"] >= 0.99 and r.get("restricted_loss", 0.0) < 0.1, clean)
+    # Where the restricted loss is recorded (at checkpoints, between more frequent loss records), only those
+    # records can end cleanup.
+    recorded = any(r.get("restricted_loss") is not None for r in history)
+    end = first(lambda r: r["test_acc"] >= GROKKED_TEST_ACC and (
+        r.get("restricted_loss") is not None and r["restricted_loss"] < CLEAN_RESTRICTED_LOSS if recorded else True),
+        clean)
     return Phases(mem, clean, end)

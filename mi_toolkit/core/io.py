@@ -63,14 +63,21 @@ def load_json(path: str | Path):
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """The records of a JSON-lines file (``metrics.jsonl``); an absent file has none."""
+    """The records of a JSON-lines file (``metrics.jsonl``); an absent file has none. A last line cut short (the
+    writer was killed mid-append) is dropped; a corrupt line before it is an error."""
     path = Path(path)
     if not path.exists():
         return []
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"corrupt JSON line in {path}: {err}") from err
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:
+                break
+            raise CheckpointError(f"corrupt JSON at line {i + 1} of {path}: {err}") from err
+    return records
 
 
 def write_jsonl(path: str | Path, records: list[dict]) -> None:

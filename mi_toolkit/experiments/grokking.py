@@ -24,6 +24,8 @@ from mi_toolkit.analysis.fourier import (
     neuron_clusters,
 )
 from mi_toolkit.analysis.progress import (
+    CLEAN_RESTRICTED_LOSS,
+    GROKKED_TEST_ACC,
     estimate_phases,
     evaluate_checkpoints,
     excluded_loss,
@@ -79,6 +81,9 @@ class GrokkingConfig:
                              f"odd composite moduli such as {self.p + 1} work")
         if self.margin < 0:
             raise ValueError(f"margin must be >= 0, got {self.margin}")
+        if self.log_every < 1 or self.checkpoint_every % self.log_every:
+            raise ValueError(f"checkpoint_every ({self.checkpoint_every}) must be a multiple of log_every "
+                             f"({self.log_every}): the cleanup check runs on logged checkpoint steps")
         if self.steps is not None and self.max_steps is not None:
             raise ValueError("give steps (an exact budget) or max_steps (a cap when training until done), not both")
         self.train_config()  # validates the training settings
@@ -105,7 +110,8 @@ CHECKS = {
                                  "~0.85 of neurons with > 85% of their variance in one frequency"),
     "logit variance explained": ("logit_fraction_explained", lambda v: v >= 0.8, ">= 0.80",
                                  "~0.95 by the cos(w_k (a + b - c)) terms"),
-    "restricted loss (test)": ("restricted_loss", lambda v: v < 0.1, "< 0.1", "falls to about the test loss"),
+    "restricted loss (test)": ("restricted_loss", lambda v: v < CLEAN_RESTRICTED_LOSS, f"< {CLEAN_RESTRICTED_LOSS}",
+                               "falls to about the test loss"),
     "excluded loss (train)": ("excluded_loss", lambda v: v > 1.0, "> 1", "rises far above the train loss"),
 }
 """The algorithm checks of a grokked model (Nanda et al. 2023), with the thresholds the toolkit holds them to."""
@@ -118,15 +124,20 @@ class _UntilCleanedUp:
 
     def __init__(self, model, task, config: GrokkingConfig, run_dir: Path):
         self.model, self.task, self.config = model, task, config
-        self.done_at = next((r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("cleaned_up")), None)
+        # A resumed run keeps the records up to its last checkpoint (the trainer drops the later ones).
+        resume = run_dir / "checkpoints" / "resume.json"
+        kept = load_json(resume)["step"] if resume.exists() else -1
+        self.done_at = next((r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")
+                             if r.get("cleaned_up") and r["step"] <= kept), None)
 
     def __call__(self, record: dict) -> bool:
         step = record["step"]
-        if self.done_at is None and step % self.config.checkpoint_every == 0 and record.get("test_acc", 0) >= 0.99:
+        if (self.done_at is None and step % self.config.checkpoint_every == 0
+                and record.get("test_acc", 0) >= GROKKED_TEST_ACC):
             freqs = key_frequencies(self.model, self.task)
             loss = restricted_loss(self.model, self.task, freqs) if freqs else float("inf")
             record["cleanup_check"] = {"key_frequencies": freqs, "restricted_loss": loss}
-            if loss < 0.1:
+            if loss < CLEAN_RESTRICTED_LOSS:
                 record["cleaned_up"] = True
                 self.done_at = step
         return self.done_at is not None and step >= self.done_at + self.config.margin
@@ -164,8 +175,7 @@ def run_grokking(out_dir: str | Path, config: GrokkingConfig = GrokkingConfig(),
     analysis["stopped_at_step"] = result.final_step
     analysis["cleaned_up_at_step"] = None if stop is None else stop.done_at
     analysis["stop_reason"] = ("step budget" if not config.until_done
-                               else "cleaned up" if stop.done_at is not None and result.final_step < train_config.steps
-                               else "cap")
+                               else "cleaned up" if stop.done_at is not None else "cap")
     analysis["seconds"] = {"train_this_call": round(train_seconds, 2),
                            "analysis": round(time.perf_counter() - started, 2)}
     write_jsonl(out / "metrics.jsonl", history)
@@ -174,7 +184,7 @@ def run_grokking(out_dir: str | Path, config: GrokkingConfig = GrokkingConfig(),
         write_grokking_report(out / "report.html", model, task, history, analysis)
         analysis["seconds"]["report"] = round(time.perf_counter() - started, 2)
     save_json(out / "analysis.json", analysis)
-    return Run(out, model, task, history, record, analysis)
+    return Run(out, model.eval(), task, history, record, analysis)
 
 
 def analyse(model: HookedTransformer, task: ModularArithmetic, history: list[dict], run_dir=None):
@@ -202,11 +212,12 @@ def analyse(model: HookedTransformer, task: ModularArithmetic, history: list[dic
         "restricted_loss": restricted_loss(model, task, freqs) if freqs else float("inf"),
         "excluded_loss": excluded_loss(model, task, freqs) if freqs else 0.0,
         "final": {k: final[k] for k in ("step", "train_loss", "test_loss", "train_acc", "test_acc")},
-        "grokked_at_step": next((r["step"] for r in history if r["test_acc"] >= 0.99), None),
+        "grokked_at_step": next((r["step"] for r in history if r["test_acc"] >= GROKKED_TEST_ACC), None),
         "phases": dataclasses.asdict(phases),
     }
     # Grokked: the final model generalises and uses the Fourier algorithm (restricted loss < 0.1).
-    analysis["grokked"] = final["test_acc"] >= 0.99 and analysis["restricted_loss"] < 0.1
+    analysis["grokked"] = (final["test_acc"] >= GROKKED_TEST_ACC
+                           and analysis["restricted_loss"] < CLEAN_RESTRICTED_LOSS)
     analysis["checks"] = {
         name: {"value": analysis[key], "threshold": threshold, "paper": paper, "passed": bool(test(analysis[key]))}
         for name, (key, test, threshold, paper) in CHECKS.items()

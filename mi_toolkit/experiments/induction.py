@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mi_toolkit.analysis.heads import induction_measures
 from mi_toolkit.core.io import Run, save_json, save_tensors
-from mi_toolkit.experiments.runs import load_model, register_loader
+from mi_toolkit.experiments.runs import check_out_dir, load_model, register_loader
 from mi_toolkit.models.factory import build_model, model_config_dict, model_config_from_dict
 from mi_toolkit.models.presets import make_induction_model
 from mi_toolkit.tasks.induction import InductionTask
@@ -57,6 +57,7 @@ def train_induction_model(
         "train": config.to_dict(),
     }
     if run_dir is not None:
+        check_out_dir(Path(run_dir), record, ("task", "seed", "model"))
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         save_json(Path(run_dir) / "config.json", record)
     started = time.perf_counter()

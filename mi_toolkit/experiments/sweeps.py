@@ -1,9 +1,12 @@
 """Universality sweeps: the grokking run over a grid of moduli, seeds and training fractions, on Ray.
 
 Each configuration is an ordinary run directory (``DIR/p113_seed0_frac0.3``, loadable with :func:`mt.load_run`).
-The driver writes ``DIR/summary.jsonl``, one row per finished run, and ``DIR/report.html``. A killed sweep continues
-where it stopped: runs with a row are skipped, a run that finished without one gets its row from its
-``analysis.json``, and an interrupted run resumes from its last checkpoint.
+The driver writes ``DIR/summary.jsonl``, one row per run as it ends (a run that raised gets a row with its
+``error``, and is tried again when the sweep is continued), ``DIR/sweep.json`` (the settings shared by every run) and
+``DIR/report.html``. A killed sweep continues where it stopped: runs with a row are skipped, a run that finished
+without one gets its row from its ``analysis.json``, and an interrupted run resumes from its last checkpoint. A sweep
+directory is only continued with the same shared settings. On a cluster the sweep directory must be on a file
+system every node sees.
 
 Runs execute as Ray tasks (one CPU and one torch thread each): on an embedded local Ray started here by default, or
 on an existing cluster (``address="auto"`` or ``"ray://HOST:PORT"``). A worker that dies costs only its run, which
@@ -21,7 +24,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from mi_toolkit.core.io import load_json, read_jsonl
+from mi_toolkit.core.io import load_json, read_jsonl, save_json
 from mi_toolkit.experiments.grokking import GrokkingConfig, run_grokking
 from mi_toolkit.report import write_sweep_report
 
@@ -33,15 +36,17 @@ def run_name(config: GrokkingConfig) -> str:
     return f"p{config.p}_seed{config.seed}_frac{config.frac_train:g}"
 
 
-def summary_row(config: GrokkingConfig, analysis: dict, seconds: float | None) -> dict:
-    """One row of ``summary.jsonl`` from a finished run's analysis."""
+def summary_row(config: GrokkingConfig, analysis: dict | None = None, seconds: float | None = None,
+                error: str | None = None) -> dict:
+    """One row of ``summary.jsonl``: from a finished run's analysis, or for a run that raised ``error``."""
+    analysis = analysis or {}
     return {
         "run": run_name(config), "p": config.p, "seed": config.seed, "frac_train": config.frac_train,
         "grokked": bool(analysis.get("grokked")), "grokked_at_step": analysis.get("grokked_at_step"),
         "cleaned_up_at_step": analysis.get("cleaned_up_at_step"), "stopped_at_step": analysis.get("stopped_at_step"),
         "key_frequencies": analysis.get("key_frequencies"), "passed_checks": bool(analysis.get("passed_checks")),
         "checks": {name: {"value": c["value"], "passed": c["passed"]} for name, c in analysis.get("checks", {}).items()},
-        "seconds": None if seconds is None else round(seconds, 1), "error": None,
+        "seconds": None if seconds is None else round(seconds, 1), "error": error,
     }
 
 
@@ -93,9 +98,16 @@ def sweep(
     Returns:
         The summary rows of every configuration of the grid, in grid order.
     """
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # Ray workers do not run in this directory
+    grid = dict.fromkeys(itertools.product(p, seeds, frac_train))  # duplicates would write one directory twice
+    configs = [dataclasses.replace(base, p=pi, seed=s, frac_train=f) for pi, s, f in grid]
+    shared = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(base))).items()
+              if k not in ("p", "seed", "frac_train")}
+    if (out / "sweep.json").exists() and load_json(out / "sweep.json") != shared:
+        raise FileExistsError(f"{out} holds a sweep with other settings ({load_json(out / 'sweep.json')}); "
+                              "choose a new directory")
     out.mkdir(parents=True, exist_ok=True)
-    configs = [dataclasses.replace(base, p=pi, seed=s, frac_train=f) for pi, s, f in itertools.product(p, seeds, frac_train)]
+    save_json(out / "sweep.json", shared)
     summary_path = out / "summary.jsonl"
     rows = {row["run"]: row for row in read_jsonl(summary_path) if row.get("error") is None}
     todo = []
@@ -128,11 +140,6 @@ def _append(path: Path, rows: dict, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def _error_row(config: GrokkingConfig, error: str) -> dict:
-    return {"run": run_name(config), "p": config.p, "seed": config.seed, "frac_train": config.frac_train,
-            "grokked": False, "passed_checks": False, "error": error}
-
-
 def _ray_available() -> bool:
     return importlib.util.find_spec("ray") is not None
 
@@ -146,7 +153,7 @@ def _run_here(out, todo, rows, summary_path, *, progress, fail_once, **_) -> Non
             analysis, seconds = _run_one(str(out / name), dataclasses.asdict(config))
             _append(summary_path, rows, summary_row(config, analysis, seconds))
         except Exception as err:  # one bad run must not end the sweep
-            _append(summary_path, rows, _error_row(config, f"{type(err).__name__}: {err}"))
+            _append(summary_path, rows, summary_row(config, error=f"{type(err).__name__}: {err}"))
 
 
 def _run_on_ray(out, todo, rows, summary_path, *, address, num_cpus, max_retries, progress, fail_once) -> None:
@@ -172,7 +179,7 @@ def _run_on_ray(out, todo, rows, summary_path, *, address, num_cpus, max_retries
                 analysis, seconds = ray.get(ref)
                 _append(summary_path, rows, summary_row(config, analysis, seconds))
             except Exception as err:  # the run raised, or its worker died more than max_retries times
-                _append(summary_path, rows, _error_row(config, f"{type(err).__name__}: {err}"[:500]))
+                _append(summary_path, rows, summary_row(config, error=f"{type(err).__name__}: {err}"[:500]))
             bar.update(1)
         bar.close()
     finally:

@@ -8,7 +8,8 @@ __all__ = ["sweep_key_frequencies", "sweep_steps_to_grok"]
 
 def sweep_key_frequencies(rows: list[dict]) -> go.Figure:
     """One panel per modulus: the key frequencies of every run (x: seed; colour and marker: training fraction, side
-    by side); a run that did not grok is a red cross at frequency 0."""
+    by side); a run that did not grok is a red cross at frequency 0; runs that failed with an error are left out."""
+    rows = [r for r in rows if not r.get("error")]
     ps = sorted({r["p"] for r in rows})
     fig = make_subplots(rows=1, cols=len(ps), subplot_titles=[f"p = {p}" for p in ps])
     fracs = sorted({r["frac_train"] for r in rows})
@@ -42,7 +43,8 @@ def sweep_key_frequencies(rows: list[dict]) -> go.Figure:
 
 
 def sweep_steps_to_grok(rows: list[dict]) -> go.Figure:
-    """Histogram of the step at which test accuracy first reached 99%, per training fraction."""
+    """Histogram of the step at which test accuracy first reached 99%, per training fraction (grokked runs)."""
+    rows = [r for r in rows if r.get("grokked")]
     fig = go.Figure()
     for frac in sorted({r["frac_train"] for r in rows}):
         steps = [r["grokked_at_step"] for r in rows if r["frac_train"] == frac and r.get("grokked_at_step") is not None]

@@ -172,8 +172,8 @@ def train(
         progress: show a progress bar.
         measures: ``measures(model) -> dict``, more metrics recorded beside ``task.evaluate``'s at every logged
             step (e.g. :func:`mi_toolkit.analysis.progress.grokking_measures`).
-        measures_every: take ``measures`` only at steps that are multiples of this (and the last); default every
-            logged step.
+        measures_every: take ``measures`` only at steps that are multiples of this (and the last, and where ``stop``
+            ends the run); default every logged step.
         stop: ``stop(record) -> bool``, called on every logged record before it is written (it may add fields to
             it); True ends the run there, with a checkpoint, so that ``config.steps`` is only a cap. A resumed run
             whose last record already says stop trains no further.
@@ -224,10 +224,10 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
         model.eval()
         with torch.no_grad():
             record = {"step": step, "lr": optimizer.param_groups[0]["lr"], "loss": loss, **task.evaluate(model)}
-            if measures is not None and (measures_every is None or step % measures_every == 0
-                                         or step == config.steps):
-                record.update(measures(model))
             stopping = stop is not None and stop(record)
+            if measures is not None and (measures_every is None or step % measures_every == 0
+                                         or step == config.steps or stopping):
+                record.update(measures(model))
         model.train(was_training)
         history.append(record)
         state.append_metrics(record)
@@ -243,8 +243,8 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
             stopping = stop(history[-1])  # the interrupted run had already finished
     try:
         if start == 0:
-            log(0, None)
-        for step in range(start, config.steps if not stopping else start):
+            stopping = log(0, None)
+        for step in range(start, start if stopping else config.steps):
             loss = task.loss(model, task.train_batch(step))
             loss_value = loss.item()
             if not math.isfinite(loss_value):
