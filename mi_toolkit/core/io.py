@@ -15,8 +15,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-__all__ = ["CheckpointError", "Run", "load_json", "load_tensors", "read_jsonl", "save_json", "save_tensors",
-           "write_jsonl"]
+__all__ = ["CheckpointError", "Run", "append_jsonl", "load_json", "load_tensors", "read_jsonl", "save_json",
+           "save_tensors", "write_jsonl"]
 
 
 class CheckpointError(ValueError):
@@ -86,6 +86,13 @@ def write_jsonl(path: str | Path, records: list[dict]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
     os.replace(tmp, path)
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Append one record as a JSON line (a kill mid-append leaves a cut-off last line, which :func:`read_jsonl`
+    drops)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 @dataclasses.dataclass

@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from mi_toolkit.core.io import load_json, read_jsonl, save_json
+from mi_toolkit.core.io import append_jsonl, load_json, read_jsonl, save_json
 from mi_toolkit.experiments.grokking import GrokkingConfig, run_grokking
 from mi_toolkit.report import write_sweep_report
 
@@ -136,15 +136,14 @@ def sweep(
 
 def _append(path: Path, rows: dict, row: dict) -> None:
     rows[row["run"]] = row
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_jsonl(path, row)
 
 
 def _ray_available() -> bool:
     return importlib.util.find_spec("ray") is not None
 
 
-def _run_here(out, todo, rows, summary_path, *, progress, fail_once, **_) -> None:
+def _run_here(out, todo, rows, summary_path, *, progress, **_) -> None:
     from tqdm.auto import tqdm
 
     for config in tqdm(todo, desc="sweep", disable=not progress):

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from mi_toolkit.core.io import (
     CheckpointError,
+    append_jsonl,
     load_json,
     load_tensors,
     read_jsonl,
@@ -340,8 +341,7 @@ class _TrainState:
 
     def append_metrics(self, record: dict) -> None:
         if self.run_dir is not None:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_jsonl(self.run_dir / "metrics.jsonl", record)
 
     def save(self, step: int) -> None:
         if self.run_dir is None:
