@@ -24,7 +24,8 @@ from mi_toolkit.core import ActivationStream, HookFn, Metric, Positions, Run, co
 from mi_toolkit.core.forward import final_position_logits
 
 # --- tasks ---
-from mi_toolkit.tasks import GroundTruth, InductionTask, ModularArithmetic, mmcs
+from mi_toolkit.tasks import GroundTruth, GroupComposition, InductionTask, ModularArithmetic, MultiTaskModular, mmcs
+from mi_toolkit.tasks import groups
 
 # --- models ---
 from mi_toolkit.models import (
@@ -69,7 +70,18 @@ from mi_toolkit.interventions import (
 )
 
 # --- experiments ---
-from mi_toolkit.experiments import GrokkingConfig, load_run, run_grokking, sweep, train_induction_model
+from mi_toolkit.experiments import (
+    GrokkingConfig,
+    GroupsConfig,
+    MiiiiConfig,
+    algorithm_checks,
+    load_run,
+    run_grokking,
+    run_groups,
+    run_miiii,
+    sweep,
+    train_induction_model,
+)
 from mi_toolkit.experiments import grokking
 
 # --- module names of the flat layout before 0.2 (moves listed in CHANGELOG.md) ---

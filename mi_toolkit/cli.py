@@ -1,8 +1,11 @@
 """``mi-toolkit`` command line: one subcommand per experiment.
 
-- ``mi-toolkit grokking --out DIR``: train until grokked (or a cap), measure, report. Exit status 0 when the model
-  grokked (or an exact ``--steps`` budget ran), 1 when training until done ended without grokking, 2 for bad
-  arguments.
+- ``mi-toolkit grokking --out DIR``: train until grokked and every algorithm check passes (or a cap), measure,
+  report. Exit status 0 when the model is done (or an exact ``--steps`` budget ran), 1 when training until done
+  reached the cap without grokking or with a check failing, 2 for bad arguments.
+- ``mi-toolkit groups --group S5 --out DIR``: the same for composition in a finite group (key irreps instead of
+  key frequencies).
+- ``mi-toolkit miiii --p 37 --out DIR``: one model learns every task ``(x0 + p x1) mod q``, q < p prime.
 - ``mi-toolkit sweep grokking --p 59,97,113 --seeds 0-4 --out DIR``: the same over a grid, on Ray. Exit status 0
   when every run grokked, 1 otherwise.
 """
@@ -24,15 +27,44 @@ def _grokking_config(args: argparse.Namespace, **fields):
 def _grokking(args: argparse.Namespace) -> int:
     from mi_toolkit.experiments.grokking import run_grokking
 
+    return _run("grokking", lambda: _grokking_config(args, p=args.p, seed=args.seed, frac_train=args.frac_train),
+                run_grokking, args, lambda a: {"key_frequencies": a["key_frequencies"]})
+
+
+def _groups(args: argparse.Namespace) -> int:
+    from mi_toolkit.experiments.groups import GroupsConfig, run_groups
+
+    def config():
+        return GroupsConfig(group=args.group, frac_train=args.frac_train, seed=args.seed, recipe=args.recipe,
+                            steps=args.steps, max_steps=args.max_steps, grad_filter=args.filter, device=args.device)
+
+    return _run("groups", config, run_groups, args,
+                lambda a: {"key_irreps": a["key_irreps"], "logit_fraction_explained": a["logit_fraction_explained"]})
+
+
+def _miiii(args: argparse.Namespace) -> int:
+    from mi_toolkit.experiments.miiii import MiiiiConfig, run_miiii
+
+    def config():
+        return MiiiiConfig(p=args.p, frac_train=args.frac_train, seed=args.seed, recipe=args.recipe,
+                           steps=args.steps, max_steps=args.max_steps, grad_filter=args.filter, device=args.device)
+
+    return _run("miiii", config, run_miiii, args,
+                lambda a: {"grok_order": a["grok_order"], "task_grokked_at_step": a["task_grokked_at_step"],
+                           "omega": a["omega"]})
+
+
+def _run(command: str, make_config, runner, args: argparse.Namespace, found) -> int:
+    """Build the config (bad input: exit 2 before any work), run, print a JSON summary, and exit 0 when done."""
     try:
-        config = _grokking_config(args, p=args.p, seed=args.seed, frac_train=args.frac_train)
+        config = make_config()
     except ValueError as err:
-        print(f"mi-toolkit grokking: {err}", file=sys.stderr)
+        print(f"mi-toolkit {command}: {err}", file=sys.stderr)
         return 2
     try:
-        run = run_grokking(args.out, config, progress=not args.quiet, report=not args.no_report)
+        run = runner(args.out, config, progress=not args.quiet, report=not args.no_report)
     except FileExistsError as err:
-        print(f"mi-toolkit grokking: {err}", file=sys.stderr)
+        print(f"mi-toolkit {command}: {err}", file=sys.stderr)
         return 2
     a = run.analysis
     summary = {
@@ -42,21 +74,21 @@ def _grokking(args: argparse.Namespace) -> int:
         "stopped_at_step": a["stopped_at_step"],
         "stop_reason": a["stop_reason"],
         "final": a["final"],
-        "key_frequencies": a["key_frequencies"],
+        **found(a),
         "checks": {name: {"value": c["value"], "passed": c["passed"]} for name, c in a["checks"].items()},
         "phases": a["phases"],
         "seconds": a["seconds"],
     }
     print(json.dumps(summary, indent=2))
     if not a["grokked"]:
-        print(f"mi-toolkit grokking: the model did NOT grok in {a['stopped_at_step']} steps (test accuracy "
+        print(f"mi-toolkit {command}: the model did NOT grok in {a['stopped_at_step']} steps (test accuracy "
               f"{a['final']['test_acc']:.3f}); it memorised, and its analysis is not a result. Train longer "
               "(--max-steps) or use more training data (--frac-train).", file=sys.stderr)
         return 0 if a["stop_reason"] == "step budget" else 1
     failed = [name for name, c in a["checks"].items() if not c["passed"]]
     if failed:
-        print(f"mi-toolkit grokking: grokked, but these algorithm checks failed: {failed}", file=sys.stderr)
-    return 0
+        print(f"mi-toolkit {command}: grokked, but these algorithm checks failed: {failed}", file=sys.stderr)
+    return 1 if failed and a["stop_reason"] == "cap" else 0
 
 
 def _int_list(text: str) -> list[int]:
@@ -99,7 +131,7 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'fast' (measured on 2 CPU cores, see README) or 'paper' (Nanda et al.'s exact recipe)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=None,
-                        help="an exact budget of steps (default: train until grokked and cleaned up)")
+                        help="an exact budget of steps (default: train until grokked and every algorithm check passes)")
     budget.add_argument("--max-steps", type=int, default=None,
                         help="the cap when training until done (default: the recipe's, 5000 for 'fast')")
     parser.add_argument("--filter", choices=["none", "ema", "ma"], default=None,
@@ -111,14 +143,22 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mi-toolkit", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("grokking", help="train the modular-addition transformer until it groks; analyse; report")
-    g.add_argument("--out", required=True, help="run directory (new, empty, or an interrupted run to resume)")
-    g.add_argument("--p", type=int, default=113, help="modulus, odd (default 113)")
-    g.add_argument("--seed", type=int, default=0, help="fixes the split and the initialisation (default 0)")
-    g.add_argument("--frac-train", type=float, default=0.3, help="training fraction of the p^2 pairs (default 0.3)")
-    _training_arguments(g)
-    g.add_argument("--no-report", action="store_true", help="skip report.html")
-    g.set_defaults(func=_grokking)
+    runs = (("grokking", "train the modular-addition transformer until it groks; analyse; report", _grokking,
+             [("--p", int, 113, "modulus, odd (default 113)")], 0.3),
+            ("groups", "train a transformer to compose elements of a finite group; find its irreps", _groups,
+             [("--group", str, "S5", "S5, A4, D7, C113, products such as C5xC5 (default S5)")], 0.4),
+            ("miiii", "one model, every task (x0 + p x1) mod q for the primes q < p (Syrkis)", _miiii,
+             [("--p", int, 37, "the base; the tasks are the primes below it (default 37)")], 0.5))
+    for name, help_text, func, own, frac in runs:
+        r = sub.add_parser(name, help=help_text)
+        r.add_argument("--out", required=True, help="run directory (new, empty, or an interrupted run to resume)")
+        for flag, kind, default, flag_help in own:
+            r.add_argument(flag, type=kind, default=default, help=flag_help)
+        r.add_argument("--seed", type=int, default=0, help="fixes the split and the initialisation (default 0)")
+        r.add_argument("--frac-train", type=float, default=frac, help=f"training fraction of the pairs (default {frac})")
+        _training_arguments(r)
+        r.add_argument("--no-report", action="store_true", help="skip report.html")
+        r.set_defaults(func=func)
 
     s = sub.add_parser("sweep", help="run an experiment over a grid of settings (on Ray where installed)")
     experiments = s.add_subparsers(dest="experiment", required=True)

@@ -10,8 +10,10 @@ from mi_toolkit.analysis.fourier import (
     neuron_activations,
     neuron_clusters,
 )
+from mi_toolkit.tasks.irreps import character_table
 
-__all__ = ["grokking_summary_html", "table_html", "write_grokking_report", "write_html", "write_sweep_report"]
+__all__ = ["grokking_summary_html", "table_html", "write_grokking_report", "write_groups_report", "write_html", "write_miiii_report",
+           "write_sweep_report"]
 
 _STYLE = (
     "body{font-family:sans-serif;max-width:1200px;margin:auto}pre{background:#f4f4f4;padding:1em}"
@@ -40,33 +42,81 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def grokking_summary_html(analysis: dict) -> str:
-    """The opening of a grokking report: a banner (grokked or not, where, why it stopped) and the algorithm checks
-    with value, threshold, the paper's figure and pass/fail."""
+def _banner(analysis: dict, found: str) -> str:
     final = analysis["final"]
     if analysis.get("grokked"):
-        banner = (f"<div class='banner good'>Grokked: test accuracy reached 99% at step {analysis['grokked_at_step']}"
-                  f"; final test accuracy {final['test_acc']:.4f} at step {final['step']}. Key frequencies "
-                  f"{analysis['key_frequencies']}.</div>")
-    else:
-        banner = (f"<div class='banner bad'><b>NOT GROKKED</b>: after {final['step']} steps ("
-                  f"{html.escape(str(analysis.get('stop_reason', 'end of training')))}) the test accuracy is "
-                  f"{final['test_acc']:.4f} and the restricted loss {_fmt(analysis['restricted_loss'])}. This model "
-                  "memorised without (fully) learning the Fourier algorithm; its analysis below is not a result.</div>")
+        return (f"<div class='banner good'>Grokked: test accuracy reached 99% at step {analysis['grokked_at_step']}"
+                f"; final test accuracy {final['test_acc']:.4f} at step {final['step']}. {found}.</div>")
+    return (f"<div class='banner bad'><b>NOT GROKKED</b>: after {final['step']} steps ("
+            f"{html.escape(str(analysis.get('stop_reason', 'end of training')))}) the test accuracy is "
+            f"{final['test_acc']:.4f} and the restricted loss {_fmt(analysis['restricted_loss'])}. This model "
+            "memorised without (fully) learning the algorithm; its analysis below is not a result.</div>")
+
+
+def _checks_html(analysis: dict, paper: str) -> str:
     checks = analysis.get("checks", {})
     rows = [[name, _fmt(c["value"]), c["threshold"], c["paper"], "pass" if c["passed"] else "FAIL"]
             for name, c in checks.items()]
     classes = [["", "", "", "", "pass" if c["passed"] else "fail"] for c in checks.values()]
-    facts = [["grokked (test acc >= 99% and restricted loss < 0.1)", _fmt(bool(analysis.get("grokked")))],
-             ["test accuracy first >= 99% at step", _fmt(analysis["grokked_at_step"])],
-             ["cleaned up (restricted loss < 0.1) at step", _fmt(analysis.get("cleaned_up_at_step"))],
-             ["stopped at step (reason)", f"{_fmt(analysis.get('stopped_at_step', final['step']))} "
-                                          f"({analysis.get('stop_reason', '-')})"],
-             ["phases (memorisation end, cleanup start, cleanup end)",
-              ", ".join(_fmt(v) for v in analysis["phases"].values())],
-             ["final train / test loss", f"{_fmt(final['train_loss'])} / {_fmt(final['test_loss'])}"]]
-    return (banner + table_html(["", ""], facts) + "<h3>Algorithm checks</h3>"
-            + table_html(["check", "value", "threshold", "Nanda et al. (2023)", "result"], rows, classes))
+    return "<h3>Algorithm checks</h3>" + table_html(["check", "value", "threshold", paper, "result"], rows, classes)
+
+
+def _facts(analysis: dict) -> list[list[str]]:
+    final = analysis["final"]
+    return [["grokked (test acc >= 99% and restricted loss < 0.1)", _fmt(bool(analysis.get("grokked")))],
+            ["test accuracy first >= 99% at step", _fmt(analysis["grokked_at_step"])],
+            ["every algorithm check first passed at step", _fmt(analysis.get("checks_passed_at_step"))],
+            ["stopped at step (reason)", f"{_fmt(analysis.get('stopped_at_step', final['step']))} "
+                                         f"({analysis.get('stop_reason', '-')})"],
+            ["phases (memorisation end, cleanup start, cleanup end)",
+             ", ".join(_fmt(v) for v in analysis["phases"].values())],
+            ["final train / test loss", f"{_fmt(final['train_loss'])} / {_fmt(final['test_loss'])}"]]
+
+
+def grokking_summary_html(analysis: dict) -> str:
+    """The opening of a grokking report: a banner (grokked or not, where, why it stopped) and the algorithm checks
+    with value, threshold, the paper's figure and pass/fail."""
+    return (_banner(analysis, f"Key frequencies {analysis['key_frequencies']}") + table_html(["", ""], _facts(analysis))
+            + _checks_html(analysis, "Nanda et al. (2023)"))
+
+
+def write_groups_report(path, model, task, history: list[dict], analysis: dict) -> None:
+    """The finite-group run's report: summary and checks, losses, irreps in logits / embeddings / neurons, and
+    the character table."""
+    key = [r["name"] for r in analysis["key_irreps"]]
+    found = "Key irreps " + (", ".join(f"{r['name']} (dim {r['dim']}, {r['logit_share']:.0%} of the logits)"
+                                       for r in analysis["key_irreps"]) or "none")
+    names, classes, chars = character_table(task.group)
+    table = table_html(["irrep", "dim", "type", *[f"class {i} ({len(c)})" for i, c in enumerate(classes)]],
+                       [[n, r["dim"], r["kind"], *[f"{v:.3g}" if abs(v) > 1e-9 else "0" for v in row.tolist()]]
+                        for n, r, row in zip(names, analysis["irreps"], chars)])
+    sections = [
+        ("Summary", _banner(analysis, found) + table_html(["", ""], _facts(analysis))
+         + _checks_html(analysis, "Chughtai et al. (2023)")),
+        ("Loss", plot.loss_curves(history, analysis["phases"])),
+        ("Irreps", plot.irrep_overview(analysis["irreps"], key)),
+        ("Neurons", plot.neuron_irreps(analysis["neuron_irrep_sizes"], analysis["fraction_neurons_single_irrep"])),
+        (f"Character table of {task.group.name} (real characters; class sizes in brackets)", table),
+    ]
+    write_html(path, f"Grokking composition in {task.group.name} (order {task.group.order})", sections)
+
+
+def write_miiii_report(path, model, task, history: list[dict], analysis: dict) -> None:
+    """The multi-task run's report: summary, losses, every task's accuracy, the omega spike, key frequencies."""
+    grokked = analysis["task_grokked_at_step"]
+    rows = [[q, _fmt(grokked[str(q)]), f"{analysis['task_test_acc'][str(q)]:.4f}",
+             analysis["task_key_frequencies"][str(q)], f"{analysis['task_logit_fraction_explained'][str(q)]:.3f}"]
+            for q in analysis["primes"]]
+    tasks = table_html(["q", "test acc >= 99% at step", "final test acc", "key frequencies (2 pi k n / q)",
+                        "logit variance they explain"], rows)
+    found = f"Tasks grokked in the order q = {analysis['grok_order']}"
+    sections = [
+        ("Summary", _banner(analysis, found) + table_html(["", ""], _facts(analysis)) + tasks),
+        ("Loss", plot.loss_curves(history, analysis["phases"])),
+        ("Every task", plot.task_accuracies(history, analysis["primes"])),
+        ("Omega spike", plot.omega_curve(history)),
+    ]
+    write_html(path, f"miiii: (x0 + {task.p} x1) mod q for every prime q < {task.p}", sections)
 
 
 def write_html(path: str | Path, title: str, sections: list[tuple[str, object]]) -> None:

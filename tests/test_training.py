@@ -100,8 +100,13 @@ def test_recipes_are_configs_changed_with_replace():
     assert short.replace(steps=recipes.GROKKING_FAST.steps) == recipes.GROKKING_FAST
     assert (recipes.GROKKING_PAPER.lr, recipes.GROKKING_PAPER.weight_decay, recipes.GROKKING_PAPER.steps) == \
         (1e-3, 1.0, 40_000)
-    assert mt.GrokkingConfig(steps=600).train_config() == recipes.GROKKING_FAST.replace(steps=600, log_every=10,
-                                                                                      checkpoint_every=100)
+    # The fast recipe's weight decay is 3 at 2000 training pairs, scaled by sqrt(2000 / n_train).
+    n_train = int(0.3 * 113 * 113)
+    assert mt.GrokkingConfig(steps=600).train_config() == recipes.GROKKING_FAST.replace(
+        steps=600, log_every=10, checkpoint_every=100, weight_decay=round(3.0 * (2000 / n_train) ** 0.5, 4))
+    assert recipes.grokking_recipe("fast", 2000) == recipes.GROKKING_FAST
+    assert recipes.grokking_recipe("paper", 10) == recipes.GROKKING_PAPER
+    assert mt.GrokkingConfig(p=53, recipe="paper").train_config().weight_decay == 1.0
     # Training until done: the recipe's steps are the cap, unless max_steps replaces it.
     assert mt.GrokkingConfig().train_config().steps == recipes.GROKKING_FAST.steps
     assert mt.GrokkingConfig(max_steps=900).train_config().steps == 900

@@ -9,10 +9,12 @@ import dataclasses
 import math
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
 from mi_toolkit.core.activations import run_until
+from mi_toolkit.core.forward import final_position_forward, supports_fast_path
 from mi_toolkit.core.tl import HookedTransformer, get_act_name
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "fourier_transform_2d",
     "neuron_activations",
     "neuron_frequency_fractions",
+    "block_fractions",
     "neuron_clusters",
     "clusters_from_activations",
     "key_frequencies",
@@ -78,16 +81,22 @@ def unembedding_fourier_norms(model: HookedTransformer, p: int) -> Float[Tensor,
     return (w_l @ fourier_basis(p, w_l.device).T).norm(dim=0)
 
 
-def fourier_transform_2d(values: Float[Tensor, "p p *rest"]) -> Float[Tensor, "p p *rest"]:
-    """Coefficients of a function of (a, b) in the 2-D Fourier basis (first two axes: a, b)."""
-    p = values.shape[0]
-    basis = fourier_basis(p, values.device)
-    return torch.einsum("xa,yb,ab...->xy...", basis, basis, values)
+def fourier_transform_2d(values: Float[Tensor, "p p *rest"], basis: Tensor | None = None) -> Float[Tensor, "p p *rest"]:
+    """Coefficients of a function of (a, b) in the 2-D Fourier basis (first two axes: a, b), or in the outer
+    product of another orthonormal ``basis`` (rows), such as a group's (:mod:`mi_toolkit.analysis.representations`)."""
+    p, rest = values.shape[0], values.shape[2:]
+    basis = fourier_basis(p, values.device) if basis is None else basis.to(values)
+    # Two plain matmuls over flattened trailing axes (einsum over three operands is ~30x slower on CPU).
+    over_a = (basis @ values.reshape(p, -1)).reshape(p, p, -1)  # (x, b, rest)
+    both = basis @ over_a.transpose(0, 1).reshape(p, -1)  # (y, x * rest)
+    return both.reshape(p, p, -1).transpose(0, 1).reshape(p, p, *rest)
 
 
 def neuron_activations(model: HookedTransformer, tokens, *, layer: int = -1) -> Float[Tensor, "batch d_mlp"]:
     """Post-activation MLP neurons at the last position, for each row of ``tokens``."""
     layer = layer % model.cfg.n_layers
+    if layer == model.cfg.n_layers - 1 and supports_fast_path(model):  # the last MLP at the last position only
+        return final_position_forward(model, tokens).mlp_post
     name = get_act_name("post", layer)
     return run_until(model, tokens, [name])[name][:, -1]
 
@@ -98,14 +107,31 @@ def neuron_frequency_fractions(acts: Float[Tensor, "p p d_mlp"]) -> Float[Tensor
     Frequency k owns the 2-D components whose a- and b-indices lie in {const, cos k, sin k} (not both const).
     """
     p = acts.shape[0]
+    group = torch.arange(p, device=acts.device).add(1).div(2, rounding_mode="floor")  # 0 const, k for cos k, sin k
+    return block_fractions(acts, fourier_basis(p, acts.device), group)
+
+
+def block_fractions(acts: Float[Tensor, "n n d"], basis: Float[Tensor, "n n"], block: Tensor) -> Float[Tensor, "m d"]:
+    """Fraction of each column's variance over an (x, y) grid carried by each block of an orthonormal basis.
+
+    Args:
+        acts: values over the grid, ``acts[x, y, i]``.
+        basis: orthonormal rows (functions of one variable); row 0 must be the constant.
+        block: ``[n]`` the block of each row, 0 for the constant's, 1..m for the others.
+
+    Returns:
+        ``[m, d]``: block j owns the 2-D components (row, row') with both rows in {0, j}, not both 0.
+    """
+    n = acts.shape[0]
     centred = acts - acts.mean(dim=(0, 1), keepdim=True)
-    power = fourier_transform_2d(centred) ** 2  # (p, p, d_mlp)
+    power = fourier_transform_2d(centred, basis) ** 2  # (n, n, d)
     total = power.sum(dim=(0, 1)).clamp_min(1e-12)
-    fractions = []
-    for k in range(1, (p - 1) // 2 + 1):
-        idx = torch.tensor([0, 2 * k - 1, 2 * k], device=acts.device)
-        fractions.append(power[idx][:, idx].sum(dim=(0, 1)) / total)  # (0, 0) is zero after centring
-    return torch.stack(fractions)
+    one_hot = F.one_hot(block, int(block.max()) + 1).to(power.dtype)  # (n, n_blocks)
+    n_blocks, d = one_hot.shape[1], power.shape[-1]
+    over_a = (one_hot.T @ power.reshape(n, -1)).reshape(n_blocks, n, d)  # (g, y, d)
+    blocks = (one_hot.T @ over_a.transpose(0, 1).reshape(n, -1)).reshape(n_blocks, n_blocks, d)  # (h, g, d)
+    own = blocks[0, 1:] + blocks[1:, 0] + blocks.diagonal(dim1=0, dim2=1).T[1:]  # (0, 0) is zero after centring
+    return own / total
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,10 +164,11 @@ def neuron_clusters(model: HookedTransformer, task) -> NeuronClusters:
     return clusters_from_activations(neuron_activations(model, task.tokens).reshape(task.p, task.p, -1))
 
 
-def clusters_from_activations(acts: Float[Tensor, "p p d_mlp"]) -> NeuronClusters:
-    """:func:`neuron_clusters` for activations already laid out over the (a, b) grid."""
+def clusters_from_activations(acts: Float[Tensor, "p p d_mlp"], fractions: Tensor | None = None) -> NeuronClusters:
+    """:func:`neuron_clusters` for activations already laid out over the (a, b) grid; ``fractions`` (default
+    :func:`neuron_frequency_fractions`) may come from another basis, such as a group's irreps."""
     p = acts.shape[0]
-    fractions = neuron_frequency_fractions(acts)
+    fractions = neuron_frequency_fractions(acts) if fractions is None else fractions
     explained, dominant = fractions.max(dim=0)
     dead = acts.reshape(p * p, -1).var(dim=0) < 1e-10
     return NeuronClusters(fractions, dominant + 1, explained, dead)

@@ -36,6 +36,7 @@ from mi_toolkit.training.trainer import list_checkpoints
 __all__ = [
     "Phases",
     "evaluate_checkpoints",
+    "over_checkpoints",
     "evaluate_modular",
     "excluded_loss",
     "grokking_measures",
@@ -45,6 +46,8 @@ __all__ = [
     "estimate_phases",
     "gini",
     "restricted_loss",
+    "restricted_loss_on",
+    "excluded_loss_on",
     "sum_squared_weights",
 ]
 
@@ -122,19 +125,42 @@ def restricted_loss(
     model: HookedTransformer, task, key_freqs, *, components: str = "sum", split: str = "test"
 ) -> float:
     """Loss when the last MLP's neurons keep only their key-frequency components (and their mean)."""
-    with torch.no_grad():
-        logits, n, w_l = _neuron_path(model, task)
-        n_res = n.mean(0, keepdim=True) + _key_projection(task.p, key_freqs, components, n.device)(n)
-        return _split_loss(logits + (n_res - n) @ w_l, task, split)
+    return _restricted(model, task, _key_projection(task.p, key_freqs, components, model.cfg.device), split)
 
 
 def excluded_loss(
     model: HookedTransformer, task, key_freqs, *, components: str = "sum", split: str = "train"
 ) -> float:
     """Loss when the key-frequency components are removed from the last MLP's neurons."""
+    return _excluded(model, task, _key_projection(task.p, key_freqs, components, model.cfg.device), split)
+
+
+def restricted_loss_on(model: HookedTransformer, task, directions: Float[Tensor, "pairs r"], *,
+                       split: str = "test") -> float:
+    """:func:`restricted_loss` keeping the neurons' components along orthonormal ``directions`` over the input pairs
+    (rows in the task's order), e.g. a group's key irreps (:mod:`mi_toolkit.analysis.representations`)."""
+    u = directions.to(model.cfg.device, torch.float32)
+    return _restricted(model, task, lambda n: u @ (u.T @ n), split)
+
+
+def excluded_loss_on(model: HookedTransformer, task, directions: Float[Tensor, "pairs r"], *,
+                     split: str = "train") -> float:
+    """:func:`excluded_loss` removing the neurons' components along orthonormal ``directions``."""
+    u = directions.to(model.cfg.device, torch.float32)
+    return _excluded(model, task, lambda n: u @ (u.T @ n), split)
+
+
+def _restricted(model, task, project, split: str) -> float:
     with torch.no_grad():
         logits, n, w_l = _neuron_path(model, task)
-        return _split_loss(logits - _key_projection(task.p, key_freqs, components, n.device)(n) @ w_l, task, split)
+        n_res = n.mean(0, keepdim=True) + project(n)
+        return _split_loss(logits + (n_res - n) @ w_l, task, split)
+
+
+def _excluded(model, task, project, split: str) -> float:
+    with torch.no_grad():
+        logits, n, w_l = _neuron_path(model, task)
+        return _split_loss(logits - project(n) @ w_l, task, split)
 
 
 def excluded_loss_per_frequency(model: HookedTransformer, task, key_freqs, *, split: str = "train") -> dict[int, float]:
@@ -162,24 +188,33 @@ def evaluate_checkpoints(model: HookedTransformer, task, checkpoints, key_freqs)
     Returns:
         One dict per checkpoint: ``step, restricted_loss, excluded_loss, excluded_loss_per_freq``.
     """
+    def measure(model) -> dict:
+        per_freq = excluded_loss_per_frequency(model, task, key_freqs)
+        return {"restricted_loss": restricted_loss(model, task, key_freqs),
+                "excluded_loss": excluded_loss(model, task, key_freqs),
+                "excluded_loss_per_freq": {str(k): v for k, v in per_freq.items()}}
+
+    return over_checkpoints(model, checkpoints, measure)
+
+
+def over_checkpoints(model: torch.nn.Module, checkpoints, measure: Callable[[torch.nn.Module], dict]) -> list[dict]:
+    """``{"step": step, **measure(model)}`` with the model's weights set to each checkpoint in turn (restored
+    afterwards, even after an exception).
+
+    Args:
+        checkpoints: a run directory, or ``[(step, state_dict_or_path), ...]``.
+    """
     if isinstance(checkpoints, (str, Path)):
         checkpoints = list_checkpoints(checkpoints)
+    device = next(model.parameters()).device
     original = {k: v.clone() for k, v in model.state_dict().items()}
     records = []
     try:
         for step, state in checkpoints:
             if not isinstance(state, dict):
-                state, _ = load_tensors(state, device=model.W_E.device)
+                state, _ = load_tensors(state, device=device)
             model.load_state_dict(state)
-            per_freq = excluded_loss_per_frequency(model, task, key_freqs)
-            records.append(
-                {
-                    "step": step,
-                    "restricted_loss": restricted_loss(model, task, key_freqs),
-                    "excluded_loss": excluded_loss(model, task, key_freqs),
-                    "excluded_loss_per_freq": {str(k): v for k, v in per_freq.items()},
-                }
-            )
+            records.append({"step": step, **measure(model)})
     finally:
         model.load_state_dict(original)
     return records

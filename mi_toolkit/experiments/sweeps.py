@@ -43,7 +43,7 @@ def summary_row(config: GrokkingConfig, analysis: dict | None = None, seconds: f
     return {
         "run": run_name(config), "p": config.p, "seed": config.seed, "frac_train": config.frac_train,
         "grokked": bool(analysis.get("grokked")), "grokked_at_step": analysis.get("grokked_at_step"),
-        "cleaned_up_at_step": analysis.get("cleaned_up_at_step"), "stopped_at_step": analysis.get("stopped_at_step"),
+        "checks_passed_at_step": analysis.get("checks_passed_at_step"), "stopped_at_step": analysis.get("stopped_at_step"),
         "key_frequencies": analysis.get("key_frequencies"), "passed_checks": bool(analysis.get("passed_checks")),
         "checks": {name: {"value": c["value"], "passed": c["passed"]} for name, c in analysis.get("checks", {}).items()},
         "seconds": None if seconds is None else round(seconds, 1), "error": error,

@@ -24,15 +24,16 @@ def _series(history, key):
     return [r["step"] for r in rows], [r[key] for r in rows]
 
 
-def _shade_phases(fig, phases, last_step, **where):
+def _shade_phases(fig, phases, last_step, labels: bool = True, **where):
     if phases is None:
         return
     bounds = [0, phases.get("memorisation_end"), phases.get("cleanup_start"), phases.get("cleanup_end")]
     for (name, colour), start, end in zip(_PHASE_COLOURS.items(), bounds, bounds[1:]):
         if start is None:
             break
+        label = dict(annotation_text=name, annotation_position="top left") if labels else {}
         fig.add_vrect(x0=start, x1=end if end is not None else last_step, fillcolor=colour, line_width=0,
-                      annotation_text=name, annotation_position="top left", **where)
+                      **label, **where)
 
 
 def loss_curves(history: list[dict], phases: dict | None = None) -> go.Figure:
@@ -59,7 +60,7 @@ def progress_measures(history: list[dict], phases: dict | None = None) -> go.Fig
     x, y = _series(history, "weight_norm")
     fig.add_scatter(x=x, y=y, name="sum of squared weights", row=1, col=3)
     for col in (1, 2, 3):
-        _shade_phases(fig, phases, history[-1]["step"], row=1, col=col)
+        _shade_phases(fig, phases, history[-1]["step"], labels=False, row=1, col=col)  # named in the loss plot
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_xaxes(title_text="step")
     fig.update_layout(title="Progress measures", height=420)

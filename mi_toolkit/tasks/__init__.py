@@ -2,10 +2,15 @@
 and ``evaluate(model)`` (the protocol of :func:`mi_toolkit.training.train`); tasks import only :mod:`mi_toolkit.core`.
 
 - :mod:`~mi_toolkit.tasks.modular`: ``(a op b) mod p`` over all pairs (grokking).
+- :mod:`~mi_toolkit.tasks.groups`, :mod:`~mi_toolkit.tasks.irreps`: finite groups (``mt.groups``) and their real
+  irreducible representations; :mod:`~mi_toolkit.tasks.group_composition`: ``x * y`` in a group.
 - :mod:`~mi_toolkit.tasks.induction`: random tokens with a repeated segment.
 - :mod:`~mi_toolkit.tasks.synthetic`: activations built from known sparse features (SAE recovery checks).
 """
 
+from mi_toolkit.tasks import groups
+from mi_toolkit.tasks.group_composition import GroupComposition
 from mi_toolkit.tasks.induction import BOS, InductionTask, repeated_tokens
-from mi_toolkit.tasks.modular import OPERATIONS, ModularArithmetic
+from mi_toolkit.tasks.modular import OPERATIONS, ModularArithmetic, PairTask
+from mi_toolkit.tasks.multitask import MultiTaskModular
 from mi_toolkit.tasks.synthetic import GroundTruth, mmcs

@@ -11,7 +11,7 @@ from mi_toolkit.core.forward import final_position_forward, final_position_logit
 from mi_toolkit.core.losses import answer_loss
 from mi_toolkit.core.tl import HookedTransformer
 
-__all__ = ["OPERATIONS", "ModularArithmetic"]
+__all__ = ["OPERATIONS", "ModularArithmetic", "PairTask"]
 
 OPERATIONS = {
     "+": lambda a, b, p: (a + b) % p,
@@ -20,8 +20,91 @@ OPERATIONS = {
 }
 
 
+class PairTask:
+    """Shared by every task whose input is a pair ``[x, y, =]`` over a finite set with a seeded train/test split of
+    all pairs (row ``x * n + y``): the views of the split and the training-task protocol of
+    :func:`mi_toolkit.training.train` (full-batch steps, loss at the last position only, in float64: the loss falls
+    to ~1e-7). Subclasses call :meth:`_set_pairs` from ``__post_init__``."""
+
+    tokens: Tensor
+    labels: Tensor
+    train_indices: Tensor
+    test_indices: Tensor
+
+    def _set_pairs(self, n: int, equals: int, labels: Tensor, frac_train: float, seed: int, train_indices) -> float:
+        """Set tokens ``[x, y, equals]`` over all n^2 pairs, labels and the split; return the training fraction."""
+        if not 0 < frac_train < 1:
+            raise ValueError(f"frac_train must lie in (0, 1), got {frac_train}")
+        n_pairs = n * n
+        if train_indices is None:
+            order = torch.randperm(n_pairs, generator=torch.Generator().manual_seed(seed))
+            train = order[: int(frac_train * n_pairs)].sort().values
+        else:
+            train = torch.as_tensor(list(train_indices), dtype=torch.long).unique()
+            if len(train) != len(train_indices) or len(train) == 0 or train.min() < 0 or train.max() >= n_pairs:
+                raise ValueError(f"train_indices must be distinct row indices in [0, {n_pairs})")
+            frac_train = len(train) / n_pairs
+        is_train = torch.zeros(n_pairs, dtype=torch.bool)
+        is_train[train] = True
+        x = torch.arange(n).repeat_interleave(n)
+        y = torch.arange(n).repeat(n)
+        fields = {
+            "tokens": torch.stack([x, y, torch.full_like(x, equals)], dim=1),
+            "labels": labels,
+            "train_indices": train,
+            "test_indices": (~is_train).nonzero().squeeze(1),
+        }
+        for name, value in fields.items():
+            object.__setattr__(self, name, value.to(self.device))
+        return frac_train
+
+    # The frozen fields above are set once; these views are cheap.
+    @property
+    def train_tokens(self) -> Int[Tensor, "n_train 3"]:
+        return self.tokens[self.train_indices]
+
+    @property
+    def test_tokens(self) -> Int[Tensor, "n_test 3"]:
+        return self.tokens[self.test_indices]
+
+    @property
+    def train_labels(self) -> Int[Tensor, "n_train *tasks"]:
+        return self.labels[self.train_indices]
+
+    @property
+    def test_labels(self) -> Int[Tensor, "n_test *tasks"]:
+        return self.labels[self.test_indices]
+
+    # --- the training-task protocol of mi_toolkit.training ---
+    def train_batch(self, step: int) -> tuple[Tensor, Tensor]:
+        return self.train_tokens, self.train_labels
+
+    def loss(self, model: HookedTransformer, batch: tuple[Tensor, Tensor]) -> Tensor:
+        tokens, labels = batch
+        return answer_loss(final_position_logits(model, tokens), labels, dtype=torch.float64)
+
+    def evaluate(self, model: HookedTransformer) -> dict[str, float]:
+        """Loss and accuracy on the train and test splits."""
+        with torch.no_grad():
+            logits = final_position_forward(model, self.tokens).logits
+            out = {}
+            for split, idx in (("train", self.train_indices), ("test", self.test_indices)):
+                lg, lab = logits[idx], self.labels[idx]
+                out[f"{split}_loss"] = answer_loss(lg, lab, dtype=torch.float64).item()
+                out[f"{split}_acc"] = (lg.argmax(-1) == lab).float().mean().item()
+        return out
+
+    def _check_vocab(self, model: HookedTransformer, n: int) -> None:
+        cfg = model.cfg
+        if cfg.d_vocab < n + 1 or cfg.d_vocab_out < n or cfg.n_ctx < 3:
+            raise ValueError(
+                f"model (d_vocab={cfg.d_vocab}, d_vocab_out={cfg.d_vocab_out}, n_ctx={cfg.n_ctx}) does not fit "
+                f"the task over {n} symbols: needs d_vocab >= {n + 1}, d_vocab_out >= {n}, n_ctx >= 3"
+            )
+
+
 @dataclasses.dataclass(frozen=True)
-class ModularArithmetic:
+class ModularArithmetic(PairTask):
     """The dataset of ``(a op b) mod p`` with a seeded train/test split.
 
     Rows are all pairs in row-major order (row ``a * p + b``); the input is ``[a, b, p]`` (token ``p`` is '='),
@@ -55,47 +138,11 @@ class ModularArithmetic:
             raise ValueError(f"p must be an integer >= 3, got {self.p!r}")
         if self.op not in OPERATIONS:
             raise ValueError(f"unknown operation {self.op!r}; expected one of {sorted(OPERATIONS)}")
-        if not 0 < self.frac_train < 1:
-            raise ValueError(f"frac_train must lie in (0, 1), got {self.frac_train}")
-        n = self.p * self.p
-        if self.train_indices is None:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
-            train = order[: int(self.frac_train * n)].sort().values
-        else:
-            train = torch.as_tensor(list(self.train_indices), dtype=torch.long).unique()
-            if len(train) != len(self.train_indices) or len(train) == 0 or train.min() < 0 or train.max() >= n:
-                raise ValueError(f"train_indices must be distinct row indices in [0, {n})")
-            object.__setattr__(self, "frac_train", len(train) / n)
-        is_train = torch.zeros(n, dtype=torch.bool)
-        is_train[train] = True
         a = torch.arange(self.p).repeat_interleave(self.p)
         b = torch.arange(self.p).repeat(self.p)
-        tokens = torch.stack([a, b, torch.full_like(a, self.p)], dim=1)
-        fields = {
-            "tokens": tokens,
-            "labels": OPERATIONS[self.op](a, b, self.p),
-            "train_indices": train,
-            "test_indices": (~is_train).nonzero().squeeze(1),
-        }
-        for name, value in fields.items():
-            object.__setattr__(self, name, value.to(self.device))
-
-    # The frozen fields above are set once; these views are cheap.
-    @property
-    def train_tokens(self) -> Int[Tensor, "n_train 3"]:
-        return self.tokens[self.train_indices]
-
-    @property
-    def test_tokens(self) -> Int[Tensor, "n_test 3"]:
-        return self.tokens[self.test_indices]
-
-    @property
-    def train_labels(self) -> Int[Tensor, " n_train"]:
-        return self.labels[self.train_indices]
-
-    @property
-    def test_labels(self) -> Int[Tensor, " n_test"]:
-        return self.labels[self.test_indices]
+        frac = self._set_pairs(self.p, self.p, OPERATIONS[self.op](a, b, self.p), self.frac_train, self.seed,
+                               self.train_indices)
+        object.__setattr__(self, "frac_train", frac)
 
     def split_dict(self) -> dict:
         """``{"p": p, "op": op, "train_indices": [...]}``, the run directory's ``split.json``."""
@@ -103,29 +150,4 @@ class ModularArithmetic:
 
     def check_model(self, model: HookedTransformer) -> None:
         """Raise ``ValueError`` if ``model`` cannot read this task's tokens or predict its labels."""
-        cfg = model.cfg
-        if cfg.d_vocab < self.p + 1 or cfg.d_vocab_out < self.p or cfg.n_ctx < 3:
-            raise ValueError(
-                f"model (d_vocab={cfg.d_vocab}, d_vocab_out={cfg.d_vocab_out}, n_ctx={cfg.n_ctx}) does not fit "
-                f"the task with p={self.p}: needs d_vocab >= {self.p + 1}, d_vocab_out >= {self.p}, n_ctx >= 3"
-            )
-
-    # --- the training-task protocol of mi_toolkit.training ---
-    def train_batch(self, step: int) -> tuple[Tensor, Tensor]:
-        return self.train_tokens, self.train_labels
-
-    def loss(self, model: HookedTransformer, batch: tuple[Tensor, Tensor]) -> Tensor:
-        tokens, labels = batch
-        return answer_loss(final_position_logits(model, tokens), labels, dtype=torch.float64)
-
-    def evaluate(self, model: HookedTransformer) -> dict[str, float]:
-        """Loss and accuracy on the train and test splits (the progress measures of grokking are
-        :func:`mi_toolkit.analysis.progress.grokking_measures`)."""
-        with torch.no_grad():
-            logits = final_position_forward(model, self.tokens).logits
-            out = {}
-            for split, idx in (("train", self.train_indices), ("test", self.test_indices)):
-                lg, lab = logits[idx], self.labels[idx]
-                out[f"{split}_loss"] = answer_loss(lg, lab, dtype=torch.float64).item()
-                out[f"{split}_acc"] = (lg.argmax(-1) == lab).float().mean().item()
-        return out
+        self._check_vocab(model, self.p)

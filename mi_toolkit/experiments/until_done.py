@@ -1,0 +1,158 @@
+"""Training until done, shared by the experiments that grok (modular arithmetic, finite groups): the settings every
+such run takes, the stop rule (train until the experiment's checks pass at a checkpoint, then a margin, or a cap),
+and the run-directory writer around :func:`~mi_toolkit.training.train`."""
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from mi_toolkit.analysis.progress import GROKKED_TEST_ACC
+from mi_toolkit.core.io import Run, load_json, read_jsonl, save_json, save_tensors, write_jsonl
+from mi_toolkit.experiments.runs import check_out_dir
+from mi_toolkit.training.recipes import GROKKING_RECIPES, grokking_recipe
+from mi_toolkit.training.trainer import TrainConfig, train
+
+__all__ = ["UntilDoneConfig", "apply_checks", "run_until_done"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UntilDoneConfig:
+    """The training settings of a run that trains until done (keyword-only in every subclass)."""
+
+    recipe: str = "fast"
+    """A name in :data:`~mi_toolkit.training.recipes.GROKKING_RECIPES`: ``"fast"`` (measured on 2 CPU cores, README)
+    or ``"paper"`` (Nanda et al.'s exact settings)."""
+    steps: int | None = None
+    """An exact budget: train this many steps, whatever happens. None (default): train until done (see
+    :attr:`max_steps`)."""
+    max_steps: int | None = None
+    """Until done: stop :attr:`margin` steps after the model is done (test accuracy >= 99% and every check of the
+    experiment passes, checked at every checkpoint), or at this cap (default: the recipe's ``steps``)."""
+    margin: int = 100
+    """Steps trained after the checks first pass, before stopping."""
+    grad_filter: str | None = None
+    """Override the recipe's Grokfast filter: ``"none"``, ``"ema"`` or ``"ma"``."""
+    weight_decay: float | None = None
+    """Override the recipe's weight decay (the fast recipe's scales with the training set, see
+    :func:`~mi_toolkit.training.recipes.grokking_recipe`)."""
+    log_every: int = 10
+    """Losses and accuracies every this many steps (often enough to see the loss spikes)."""
+    checkpoint_every: int = 100
+    """Weight snapshots for the progress measures (and resume points, and the checks)."""
+    device: str = "cpu"
+
+    def _check_training(self) -> None:
+        """Validate the training settings; subclasses call it from ``__post_init__``."""
+        if self.recipe not in GROKKING_RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; expected one of {sorted(GROKKING_RECIPES)}")
+        if self.margin < 0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
+        if self.log_every < 1 or self.checkpoint_every % self.log_every:
+            raise ValueError(f"checkpoint_every ({self.checkpoint_every}) must be a multiple of log_every "
+                             f"({self.log_every}): the checks run on logged checkpoint steps")
+        if self.steps is not None and self.max_steps is not None:
+            raise ValueError("give steps (an exact budget) or max_steps (a cap when training until done), not both")
+        self.train_config()  # validates the training settings
+
+    @property
+    def until_done(self) -> bool:
+        """Whether the run stops once its checks pass (no exact ``steps`` budget)."""
+        return self.steps is None
+
+    def train_config(self) -> TrainConfig:
+        """The recipe with this config's overrides; its ``steps`` is the budget or the cap."""
+        changes = dict(log_every=self.log_every, checkpoint_every=self.checkpoint_every)
+        if self.steps is not None or self.max_steps is not None:
+            changes["steps"] = self.steps if self.steps is not None else self.max_steps
+        if self.grad_filter is not None:
+            changes["grad_filter"] = self.grad_filter
+        if self.weight_decay is not None:
+            changes["weight_decay"] = self.weight_decay
+        return grokking_recipe(self.recipe, self.n_train).replace(**changes)
+
+    @property
+    def n_train(self) -> int:
+        """The number of training examples (the fast recipe's weight decay depends on it)."""
+        raise NotImplementedError
+
+
+def apply_checks(values: dict, checks: dict) -> dict:
+    """Add ``"checks"`` (``{name: {value, threshold, paper, passed}}``) and ``"passed_checks"`` to ``values``, from
+    ``checks = {name: (key in values, test, threshold text, the paper's figure)}``; returns ``values``."""
+    values["checks"] = {
+        name: {"value": values[key], "threshold": threshold, "paper": paper, "passed": bool(test(values[key]))}
+        for name, (key, test, threshold, paper) in checks.items()
+    }
+    values["passed_checks"] = all(c["passed"] for c in values["checks"].values())
+    return values
+
+
+class _UntilDone:
+    """``stop`` for :func:`~mi_toolkit.training.train`: at each checkpoint step with test accuracy >= 99%, run
+    ``check(model) -> (passed, values)``, record the values under ``"algorithm_checks"``; once they pass, mark the
+    record (``"done": true``), then stop at the first checkpoint at least ``margin`` steps later where they pass
+    again (so the final model passes them too; a loss spike in the margin keeps the run going). A resumed run finds
+    the mark in its metrics."""
+
+    def __init__(self, model, check, config: UntilDoneConfig, run_dir: Path):
+        self.model, self.check, self.config = model, check, config
+        # A resumed run keeps the records up to its last checkpoint (the trainer drops the later ones).
+        resume = run_dir / "checkpoints" / "resume.json"
+        kept = load_json(resume)["step"] if resume.exists() else -1
+        self.done_at = next((r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")
+                             if r.get("done") and r["step"] <= kept), None)
+        self.finished = False  # whether the checks passed again after the margin (the run stopped on them)
+
+    def __call__(self, record: dict) -> bool:
+        step = record["step"]
+        if step % self.config.checkpoint_every or record.get("test_acc", 0) < GROKKED_TEST_ACC:
+            return False
+        if self.done_at is not None and step < self.done_at + self.config.margin:
+            return False  # in the margin: no checks needed
+        passed, record["algorithm_checks"] = self.check(self.model)
+        if passed and self.done_at is None:
+            record["done"] = True
+            self.done_at = step
+        self.finished = passed and step >= self.done_at + self.config.margin
+        return self.finished
+
+
+def run_until_done(out: Path, config: UntilDoneConfig, record: dict, task, model, *,
+                   check: Callable, analyse: Callable, report: Callable | None, measures: Callable | None = None,
+                   progress: bool = True) -> Run:
+    """Train ``model`` on ``task`` into the run directory ``out`` and write what every grokking-style run writes.
+
+    Args:
+        record: ``config.json``'s content; a non-empty ``out`` must hold an interrupted run agreeing with it on
+            ``task``, ``seed``, ``recipe`` and ``model`` (it is resumed).
+        check: ``check(model) -> (passed, values)`` at checkpoints once test accuracy >= 99% (until done only).
+        analyse: ``analyse(model, task, history, out) -> (history, analysis)`` on the final model.
+        report: ``report(path, model, task, history, analysis)``, or None for no report.
+        measures: extra metrics at every checkpoint, ``measures(model) -> dict``.
+    """
+    check_out_dir(out, record, ("task", "seed", "recipe", "model"))
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(out / "config.json", record)
+    save_json(out / "split.json", task.split_dict())
+    started = time.perf_counter()
+    stop = _UntilDone(model, check, config, out) if config.until_done else None
+    result = train(model, task, config.train_config(), out, progress=progress, measures=measures,
+                   measures_every=config.checkpoint_every, stop=stop)
+    train_seconds = time.perf_counter() - started
+    save_tensors(out / "model.safetensors", model.state_dict())
+    started = time.perf_counter()
+    history, analysis = analyse(model, task, result.history, out)
+    analysis["stopped_at_step"] = result.final_step
+    analysis["checks_passed_at_step"] = None if stop is None else stop.done_at
+    analysis["stop_reason"] = ("step budget" if not config.until_done
+                               else "checks passed" if stop.finished else "cap")
+    analysis["seconds"] = {"train_this_call": round(train_seconds, 2),
+                           "analysis": round(time.perf_counter() - started, 2)}
+    write_jsonl(out / "metrics.jsonl", history)
+    if report is not None:
+        started = time.perf_counter()
+        report(out / "report.html", model, task, history, analysis)
+        analysis["seconds"]["report"] = round(time.perf_counter() - started, 2)
+    save_json(out / "analysis.json", analysis)
+    return Run(out, model.eval(), task, history, record, analysis)
