@@ -17,11 +17,16 @@ import sys
 __all__ = ["main"]
 
 
+def _training_fields(args: argparse.Namespace) -> dict:
+    """The training settings every grokking-style subcommand takes (``_training_arguments``)."""
+    return dict(recipe=args.recipe, steps=args.steps, max_steps=args.max_steps, grad_filter=args.filter,
+                weight_decay=args.weight_decay, device=args.device)
+
+
 def _grokking_config(args: argparse.Namespace, **fields):
     from mi_toolkit.experiments.grokking import GrokkingConfig
 
-    return GrokkingConfig(recipe=args.recipe, steps=args.steps, max_steps=args.max_steps, grad_filter=args.filter,
-                          device=args.device, **fields)
+    return GrokkingConfig(**_training_fields(args), **fields)
 
 
 def _grokking(args: argparse.Namespace) -> int:
@@ -35,8 +40,7 @@ def _groups(args: argparse.Namespace) -> int:
     from mi_toolkit.experiments.groups import GroupsConfig, run_groups
 
     def config():
-        return GroupsConfig(group=args.group, frac_train=args.frac_train, seed=args.seed, recipe=args.recipe,
-                            steps=args.steps, max_steps=args.max_steps, grad_filter=args.filter, device=args.device)
+        return GroupsConfig(group=args.group, frac_train=args.frac_train, seed=args.seed, **_training_fields(args))
 
     return _run("groups", config, run_groups, args,
                 lambda a: {"key_irreps": a["key_irreps"], "logit_fraction_explained": a["logit_fraction_explained"]})
@@ -46,8 +50,7 @@ def _miiii(args: argparse.Namespace) -> int:
     from mi_toolkit.experiments.miiii import MiiiiConfig, run_miiii
 
     def config():
-        return MiiiiConfig(p=args.p, frac_train=args.frac_train, seed=args.seed, recipe=args.recipe,
-                           steps=args.steps, max_steps=args.max_steps, grad_filter=args.filter, device=args.device)
+        return MiiiiConfig(p=args.p, frac_train=args.frac_train, seed=args.seed, **_training_fields(args))
 
     return _run("miiii", config, run_miiii, args,
                 lambda a: {"grok_order": a["grok_order"], "task_grokked_at_step": a["task_grokked_at_step"],
@@ -136,6 +139,8 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the cap when training until done (default: the recipe's, 5000 for 'fast')")
     parser.add_argument("--filter", choices=["none", "ema", "ma"], default=None,
                         help="override the recipe's Grokfast gradient filter")
+    parser.add_argument("--weight-decay", type=float, default=None,
+                        help="override the recipe's weight decay (default: the recipe's; see README)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -49,8 +49,10 @@ def _banner(analysis: dict, found: str) -> str:
                 f"; final test accuracy {final['test_acc']:.4f} at step {final['step']}. {found}.</div>")
     return (f"<div class='banner bad'><b>NOT GROKKED</b>: after {final['step']} steps ("
             f"{html.escape(str(analysis.get('stop_reason', 'end of training')))}) the test accuracy is "
-            f"{final['test_acc']:.4f} and the restricted loss {_fmt(analysis['restricted_loss'])}. This model "
-            "memorised without (fully) learning the algorithm; its analysis below is not a result.</div>")
+            f"{final['test_acc']:.4f}"
+            + ("" if analysis.get("restricted_loss") is None else
+               f" and the restricted loss {_fmt(analysis['restricted_loss'])}")
+            + ". This model memorised without (fully) learning the algorithm; its analysis below is not a result.</div>")
 
 
 def _checks_html(analysis: dict, paper: str) -> str:
@@ -63,7 +65,9 @@ def _checks_html(analysis: dict, paper: str) -> str:
 
 def _facts(analysis: dict) -> list[list[str]]:
     final = analysis["final"]
-    return [["grokked (test acc >= 99% and restricted loss < 0.1)", _fmt(bool(analysis.get("grokked")))],
+    meaning = ("test acc >= 99% and restricted loss < 0.1" if analysis.get("restricted_loss") is not None
+               else "every task's test acc >= 99%")
+    return [[f"grokked ({meaning})", _fmt(bool(analysis.get("grokked")))],
             ["test accuracy first >= 99% at step", _fmt(analysis["grokked_at_step"])],
             ["every algorithm check first passed at step", _fmt(analysis.get("checks_passed_at_step"))],
             ["stopped at step (reason)", f"{_fmt(analysis.get('stopped_at_step', final['step']))} "

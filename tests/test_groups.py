@@ -207,3 +207,19 @@ def test_a_groups_run_directory_and_bad_input(tmp_path, capsys):
     assert "Character table of D5" in html and "Algorithm checks" in html
     assert cli(["groups", "--group", "S9", "--out", str(tmp_path / "x")]) == 2
     assert "symmetric group size" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_review_edge_cases():
+    # Only a table that is the cyclic one gets frequency names; a Klein group named "C2xC2" does not.
+    klein = G.from_table(G.by_name("C2xC2").table, name="C2xC2")
+    assert not any(r.name.startswith("k=") for r in klein.irreps())
+    # The groups' fixed weight decay applies to the fast recipe only; the paper recipe keeps its own.
+    assert mt.GroupsConfig(group="S4").train_config().weight_decay == 2.0
+    assert mt.GroupsConfig(group="S4", recipe="paper").train_config().weight_decay == 1.0
+    assert mt.GroupsConfig(group="S4", weight_decay=0.5).train_config().weight_decay == 0.5
+    # A split must leave pairs on both sides.
+    with pytest.raises(ValueError, match="at least one pair"):
+        mt.GroupComposition(G.cyclic(2), frac_train=0.2)
+    # miiii with p = 3 has the single task q = 2 and a 2-logit output.
+    task = mt.MultiTaskModular(p=3, frac_train=0.5)
+    task.check_model(mt.make_grokking_model(3, d_model=16, d_head=4, d_mlp=16, d_vocab_out=2))

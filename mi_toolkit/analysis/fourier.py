@@ -122,7 +122,7 @@ def block_fractions(acts: Float[Tensor, "n n d"], basis: Float[Tensor, "n n"], b
     Returns:
         ``[m, d]``: block j owns the 2-D components (row, row') with both rows in {0, j}, not both 0.
     """
-    n = acts.shape[0]
+    n, block = acts.shape[0], block.to(acts.device)
     centred = acts - acts.mean(dim=(0, 1), keepdim=True)
     power = fourier_transform_2d(centred, basis) ** 2  # (n, n, d)
     total = power.sum(dim=(0, 1)).clamp_min(1e-12)

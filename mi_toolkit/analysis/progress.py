@@ -125,42 +125,45 @@ def restricted_loss(
     model: HookedTransformer, task, key_freqs, *, components: str = "sum", split: str = "test"
 ) -> float:
     """Loss when the last MLP's neurons keep only their key-frequency components (and their mean)."""
-    return _restricted(model, task, _key_projection(task.p, key_freqs, components, model.cfg.device), split)
+    return _restricted(model, task, lambda n: _key_projection(task.p, key_freqs, components, n.device), split)
 
 
 def excluded_loss(
     model: HookedTransformer, task, key_freqs, *, components: str = "sum", split: str = "train"
 ) -> float:
     """Loss when the key-frequency components are removed from the last MLP's neurons."""
-    return _excluded(model, task, _key_projection(task.p, key_freqs, components, model.cfg.device), split)
+    return _excluded(model, task, lambda n: _key_projection(task.p, key_freqs, components, n.device), split)
 
 
 def restricted_loss_on(model: HookedTransformer, task, directions: Float[Tensor, "pairs r"], *,
                        split: str = "test") -> float:
     """:func:`restricted_loss` keeping the neurons' components along orthonormal ``directions`` over the input pairs
     (rows in the task's order), e.g. a group's key irreps (:mod:`mi_toolkit.analysis.representations`)."""
-    u = directions.to(model.cfg.device, torch.float32)
-    return _restricted(model, task, lambda n: u @ (u.T @ n), split)
+    return _restricted(model, task, lambda n: _along(directions.to(n)), split)
 
 
 def excluded_loss_on(model: HookedTransformer, task, directions: Float[Tensor, "pairs r"], *,
                      split: str = "train") -> float:
     """:func:`excluded_loss` removing the neurons' components along orthonormal ``directions``."""
-    u = directions.to(model.cfg.device, torch.float32)
-    return _excluded(model, task, lambda n: u @ (u.T @ n), split)
+    return _excluded(model, task, lambda n: _along(directions.to(n)), split)
 
 
-def _restricted(model, task, project, split: str) -> float:
+def _along(u: Tensor) -> Callable[[Tensor], Tensor]:
+    return lambda n: u @ (u.T @ n)
+
+
+def _restricted(model, task, projector, split: str) -> float:
+    """``projector(n)`` returns the projection to apply to the neurons ``n`` (built on their device and dtype)."""
     with torch.no_grad():
         logits, n, w_l = _neuron_path(model, task)
-        n_res = n.mean(0, keepdim=True) + project(n)
+        n_res = n.mean(0, keepdim=True) + projector(n)(n)
         return _split_loss(logits + (n_res - n) @ w_l, task, split)
 
 
-def _excluded(model, task, project, split: str) -> float:
+def _excluded(model, task, projector, split: str) -> float:
     with torch.no_grad():
         logits, n, w_l = _neuron_path(model, task)
-        return _split_loss(logits - project(n) @ w_l, task, split)
+        return _split_loss(logits - projector(n)(n) @ w_l, task, split)
 
 
 def excluded_loss_per_frequency(model: HookedTransformer, task, key_freqs, *, split: str = "train") -> dict[int, float]:

@@ -10,7 +10,7 @@ up to a rotation inside each frequency's (cos, sin) pair, so every measure here 
 - logits against ``chi_rho(x y z^-1) = tr rho(x y z^-1)``: the share of logit variance per irrep, key irreps;
 - restricted and excluded losses along the functions ``rho_ij(x y)`` of the key irreps (the cyclic case is
   ``cos/sin(w_k (a + b))``);
-- coset concentration: for each neuron, the subgroup on whose left cosets its pre-activation is most constant.
+- coset concentration: for each neuron, the largest subgroup on whose cosets its pre-activation is constant.
 """
 
 import dataclasses
@@ -79,7 +79,8 @@ def irrep_norms(matrix: Float[Tensor, "order d"], group) -> Float[Tensor, " n_ir
 def neuron_irreps(model: HookedTransformer, task) -> NeuronClusters:
     """Cluster the last MLP's neurons by the irrep that carries most of their variance over all (x, y).
 
-    ``dominant`` is 1-based into ``group_basis(task.group).irreps`` (0 is the trivial irrep, never dominant).
+    ``dominant`` indexes ``group_basis(task.group).irreps`` (never 0, the trivial irrep, which carries no variance
+    after centring).
     """
     n = task.group.order
     acts = neuron_activations(model, task.tokens).detach().reshape(n, n, -1)
@@ -186,33 +187,35 @@ def coset_shares(values: Float[Tensor, "order d"], group, subgroup_list, *, side
     means over the cosets ``x H`` (``side="left"``) or ``H x`` (``"right"``) of each subgroup H."""
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    device = values.device
+    table = group.table.to(device)
     centred = values.double() - values.double().mean(0, keepdim=True)
     total = centred.pow(2).sum(0).clamp_min(1e-30)
-    shares = torch.zeros(len(subgroup_list), values.shape[1], dtype=torch.float64)
+    shares = torch.zeros(len(subgroup_list), values.shape[1], dtype=torch.float64, device=device)
     for h_index, members in enumerate(subgroup_list):
-        members_t = torch.tensor(members)
+        members_t = torch.tensor(members, device=device)
         # the coset of each element, named by its smallest member
-        cosets = (group.table[:, members_t] if side == "left" else group.table[members_t, :].T).min(dim=1).values
+        cosets = (table[:, members_t] if side == "left" else table[members_t, :].T).min(dim=1).values
         labels = torch.unique(cosets, return_inverse=True)[1]
-        sums = torch.zeros(int(labels.max()) + 1, centred.shape[1], dtype=torch.float64)
+        sums = torch.zeros(int(labels.max()) + 1, centred.shape[1], dtype=torch.float64, device=device)
         sums.index_add_(0, labels, centred)
         means = sums / torch.bincount(labels).to(sums)[:, None]
         shares[h_index] = means[labels].pow(2).sum(0) / total
     return shares
 
 
-def coset_concentration(model: HookedTransformer, task, *, threshold: float = 0.9, side: str = "left",
-                        subgroup_list=None):
+def coset_concentration(model: HookedTransformer, task, *, threshold: float = 0.9, subgroup_list=None):
     """For each last-MLP neuron, the largest subgroup H on whose cosets its pre-activation is constant to within
     ``threshold`` of its variance (Stander et al. 2024).
 
-    The pre-activation of a one-layer model is read as a function of x (averaged over y) and of y (averaged
-    over x), whichever is more concentrated; see :func:`coset_shares`. Small subgroups have many cosets and
-    explain much by chance; the largest subgroup that passes ``threshold`` is the neuron's.
+    The pre-activation of a one-layer model is read as a function of x (averaged over y), on left cosets ``x H``
+    (a term ``w^T rho(x) u`` is constant on them), and of y (averaged over x), on right cosets ``H y``; whichever
+    is more concentrated counts (see :func:`coset_shares`). Small subgroups have many cosets and explain much by
+    chance, so the largest subgroup that passes ``threshold`` is the neuron's.
 
     Returns:
-        ``(subgroup_index [d_mlp], concentration [d_mlp], subgroups)``; index -1 where no subgroup passes (the
-        concentration is then the best share over all subgroups).
+        ``(subgroup_index [d_mlp], concentration [d_mlp], subgroups)`` (tensors on the CPU); index -1 where no
+        subgroup passes (the concentration is then the best share over all subgroups).
     """
     group = task.group
     n = group.order
@@ -220,8 +223,8 @@ def coset_concentration(model: HookedTransformer, task, *, threshold: float = 0.
     name = get_act_name("pre", model.cfg.n_layers - 1)
     with torch.no_grad():
         pre = run_until(model, task.tokens, [name])[name][:, -1].reshape(n, n, -1)
-    shares = torch.maximum(coset_shares(pre.mean(1), group, subgroup_list, side=side),
-                           coset_shares(pre.mean(0), group, subgroup_list, side=side))
+    shares = torch.maximum(coset_shares(pre.mean(1), group, subgroup_list, side="left"),
+                           coset_shares(pre.mean(0), group, subgroup_list, side="right")).cpu()
     passes = shares >= threshold  # subgroups are sorted largest first: the first passing row is the largest
     index = torch.where(passes.any(0), passes.float().argmax(0), torch.tensor(-1))
     best = torch.where(index >= 0, shares.gather(0, index.clamp_min(0)[None])[0], shares.max(0).values)

@@ -8,6 +8,7 @@ accuracy (``test_acc_q7``) every ``log_every`` steps and ``omega_k2`` / ``omega_
 
 import dataclasses
 from pathlib import Path
+from typing import ClassVar
 
 from mi_toolkit.analysis.miiii import omega, task_frequency_shares
 from mi_toolkit.analysis.progress import GROKKED_TEST_ACC, estimate_phases
@@ -33,9 +34,9 @@ class MiiiiConfig(UntilDoneConfig):
     p: int = 37
     frac_train: float = 0.5
     seed: int = 0
-    weight_decay: float | None = dataclasses.field(default=2.0, kw_only=True)
-    """2 by default, as for groups (the fast recipe's size-scaled decay is 5.1 at p = 37, 50%). Not a tuned value:
-    at p = 37, 50%, only q = 2 and 3 reached 99% test accuracy within 3000 steps (README)."""
+    FAST_WEIGHT_DECAY: ClassVar[float | None] = 2.0
+    """With the fast recipe, weight decay 2, as for groups (its size-scaled decay is 5.1 at p = 37, 50%). Not a tuned
+    value: at p = 37, 50%, only q = 2 and 3 reached 99% test accuracy within 3000 steps (README)."""
 
     def __post_init__(self):
         MultiTaskModular(p=self.p, frac_train=self.frac_train)  # validates p and frac_train
@@ -88,7 +89,7 @@ def analyse_miiii(model: HookedTransformer, task: MultiTaskModular, history: lis
         "value": final["test_acc"], "threshold": ">= 0.99", "paper": "every task groks; small primes first",
         "passed": final["test_acc"] >= GROKKED_TEST_ACC}}
     analysis["passed_checks"] = analysis["grokked"]
-    analysis["restricted_loss"] = float("nan")  # no single algorithm to restrict to across tasks
+    analysis["restricted_loss"] = None  # no single algorithm to restrict to across tasks
     return history, analysis
 
 

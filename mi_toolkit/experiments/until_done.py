@@ -6,6 +6,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 from mi_toolkit.analysis.progress import GROKKED_TEST_ACC
 from mi_toolkit.core.io import Run, load_json, read_jsonl, save_json, save_tensors, write_jsonl
@@ -34,8 +35,11 @@ class UntilDoneConfig:
     grad_filter: str | None = None
     """Override the recipe's Grokfast filter: ``"none"``, ``"ema"`` or ``"ma"``."""
     weight_decay: float | None = None
-    """Override the recipe's weight decay (the fast recipe's scales with the training set, see
-    :func:`~mi_toolkit.training.recipes.grokking_recipe`)."""
+    """Override the recipe's weight decay. None: the recipe's (the fast recipe's scales with the training set, see
+    :func:`~mi_toolkit.training.recipes.grokking_recipe`; experiments may fix their own, ``FAST_WEIGHT_DECAY``)."""
+
+    FAST_WEIGHT_DECAY: ClassVar[float | None] = None
+    """The weight decay of the fast recipe for this experiment (None: the recipe's size-scaled one)."""
     log_every: int = 10
     """Losses and accuracies every this many steps (often enough to see the loss spikes)."""
     checkpoint_every: int = 100
@@ -69,6 +73,8 @@ class UntilDoneConfig:
             changes["grad_filter"] = self.grad_filter
         if self.weight_decay is not None:
             changes["weight_decay"] = self.weight_decay
+        elif self.recipe == "fast" and self.FAST_WEIGHT_DECAY is not None:
+            changes["weight_decay"] = self.FAST_WEIGHT_DECAY
         return grokking_recipe(self.recipe, self.n_train).replace(**changes)
 
     @property
@@ -103,10 +109,12 @@ class _UntilDone:
         self.done_at = next((r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")
                              if r.get("done") and r["step"] <= kept), None)
         self.finished = False  # whether the checks passed again after the margin (the run stopped on them)
+        self.cap = config.train_config().steps
 
     def __call__(self, record: dict) -> bool:
         step = record["step"]
-        if step % self.config.checkpoint_every or record.get("test_acc", 0) < GROKKED_TEST_ACC:
+        at_checkpoint = step % self.config.checkpoint_every == 0 or step == self.cap  # the trainer saves both
+        if not at_checkpoint or record.get("test_acc", 0) < GROKKED_TEST_ACC:
             return False
         if self.done_at is not None and step < self.done_at + self.config.margin:
             return False  # in the margin: no checks needed

@@ -23,6 +23,7 @@ from torch import Tensor
 __all__ = ["Irrep", "character_table", "irreps_of", "partitions", "standard_tableaux"]
 
 _KINDS = {1: "real", 2: "complex", 4: "quaternionic"}
+_FROBENIUS_SCHUR = {1: 1, 2: 0, 4: -2}  # <chi, chi> -> mean chi(g^2) of an irreducible real representation
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -174,8 +175,11 @@ def _split_regular(group, seed: int = 0, tries: int = 5) -> list[Irrep]:
             v = vectors[:, lo:hi]
             character = (v[table] * v[None]).sum(dim=(1, 2))  # chi(g) = sum_h <V[g h], V[h]>
             norm = round(float(character.pow(2).mean()))
-            if norm not in _KINDS:
-                ok = False  # two irreducible subspaces share an eigenvalue: try another element
+            # Frobenius-Schur indicator mean chi(g^2): 1, 0, -2 for real, complex, quaternionic type. Two irreducible
+            # subspaces that share an eigenvalue fail one of the two tests: try another element then.
+            indicator = round(float(character[table.diagonal()].mean()))
+            if _FROBENIUS_SCHUR.get(norm) != indicator:
+                ok = False
                 break
             if not any(torch.allclose(character, other, atol=1e-6) for other, _ in found):
                 found.append((character, v))
@@ -190,8 +194,9 @@ def _name(group, irreps: list[Irrep]) -> list[Irrep]:
     trivial = [r for r in irreps if r.dim == 1 and torch.allclose(r.character, torch.ones_like(r.character))]
     rest = sorted((r for r in irreps if r not in trivial), key=lambda r: (r.dim, -float(r.character.sum())))
     ordered = trivial + rest
-    if group.elements == tuple(range(group.order)) and group.name.startswith("C"):  # cyclic: elements are ints
-        n = group.order
+    n = group.order
+    ar = torch.arange(n)
+    if torch.equal(group.table, (ar[:, None] + ar[None, :]) % n):  # the cyclic group, elements 0..n-1 in order
         names = []
         for r in ordered:
             cos = float(r.character[1 % n]) / r.dim  # chi(1) = dim * cos(2 pi k / n)

@@ -44,6 +44,9 @@ class PairTask:
             if len(train) != len(train_indices) or len(train) == 0 or train.min() < 0 or train.max() >= n_pairs:
                 raise ValueError(f"train_indices must be distinct row indices in [0, {n_pairs})")
             frac_train = len(train) / n_pairs
+        if not 0 < len(train) < n_pairs:
+            raise ValueError(f"the split leaves {len(train)} of {n_pairs} pairs for training: both the training and the "
+                             "test set need at least one pair (change frac_train or train_indices)")
         is_train = torch.zeros(n_pairs, dtype=torch.bool)
         is_train[train] = True
         x = torch.arange(n).repeat_interleave(n)

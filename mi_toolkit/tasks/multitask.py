@@ -101,7 +101,10 @@ class MultiTaskModular(PairTask):
 
     def check_model(self, model: HookedTransformer) -> None:
         """Raise ``ValueError`` if ``model`` cannot read this task's tokens or write every task's logits."""
-        self._check_vocab(model, self.p)
-        if model.cfg.d_vocab_out != self.d_vocab_out:
+        cfg = model.cfg
+        if cfg.d_vocab < self.p + 1 or cfg.n_ctx < 3:
+            raise ValueError(f"model (d_vocab={cfg.d_vocab}, n_ctx={cfg.n_ctx}) cannot read [x0, x1, =] with p={self.p}: "
+                             f"needs d_vocab >= {self.p + 1}, n_ctx >= 3")
+        if cfg.d_vocab_out != self.d_vocab_out:
             raise ValueError(f"the model has d_vocab_out={model.cfg.d_vocab_out}; the tasks q in {self.primes} need "
                              f"{self.d_vocab_out} (one block of q logits per task)")
