@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = (("grokking", "train the modular-addition transformer until it groks; analyse; report", _grokking,
              [("--p", int, 113, "modulus, odd (default 113)")], 0.3),
             ("groups", "train a transformer to compose elements of a finite group; find its irreps", _groups,
-             [("--group", str, "S5", "S5, A4, D7, C113, products such as C5xC5 (default S5)")], 0.4),
+             [("--group", str, "S5", "S5, A4, D7, C113, products such as C5xC5 (default S5)")], 0.6),
             ("miiii", "one model, every task (x0 + p x1) mod q for the primes q < p (Syrkis)", _miiii,
              [("--p", int, 37, "the base; the tasks are the primes below it (default 37)")], 0.5))
     for name, help_text, func, own, frac in runs:
