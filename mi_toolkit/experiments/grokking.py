@@ -24,7 +24,6 @@ from mi_toolkit.analysis.fourier import (
 from mi_toolkit.analysis.progress import (
     CLEAN_RESTRICTED_LOSS,
     GROKKED_TEST_ACC,
-    estimate_phases,
     evaluate_checkpoints,
     excluded_loss,
     grokking_measures,
@@ -33,7 +32,7 @@ from mi_toolkit.analysis.progress import (
 from mi_toolkit.core.io import Run, load_json
 from mi_toolkit.core.tl import HookedTransformer
 from mi_toolkit.experiments.runs import load_model, register_loader
-from mi_toolkit.experiments.until_done import UntilDoneConfig, apply_checks, run_until_done
+from mi_toolkit.experiments.until_done import UntilDoneConfig, apply_checks, history_summary, run_until_done
 from mi_toolkit.models.factory import build_model, model_config_dict, model_config_from_dict
 from mi_toolkit.models.presets import grokking_model_config
 from mi_toolkit.report import write_grokking_report
@@ -144,15 +143,9 @@ def analyse(model: HookedTransformer, task: ModularArithmetic, history: list[dic
     if run_dir is not None:
         by_step = {r["step"]: r for r in evaluate_checkpoints(model, task, run_dir, freqs)}
         history = [{**r, **by_step.get(r["step"], {})} for r in history]
-    phases = estimate_phases(history)
-    final = history[-1]
-    analysis.update({
-        "final": {k: final[k] for k in ("step", "train_loss", "test_loss", "train_acc", "test_acc")},
-        "grokked_at_step": next((r["step"] for r in history if r["test_acc"] >= GROKKED_TEST_ACC), None),
-        "phases": dataclasses.asdict(phases),
-    })
+    analysis.update(history_summary(history))
     # Grokked: the final model generalises and uses the Fourier algorithm (restricted loss < 0.1).
-    analysis["grokked"] = (final["test_acc"] >= GROKKED_TEST_ACC
+    analysis["grokked"] = (analysis["final"]["test_acc"] >= GROKKED_TEST_ACC
                            and analysis["restricted_loss"] < CLEAN_RESTRICTED_LOSS)
     return history, analysis
 

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import torch
 
-from mi_toolkit.analysis.progress import GROKKED_TEST_ACC, estimate_phases, over_checkpoints, sum_squared_weights
+from mi_toolkit.analysis.progress import CLEAN_RESTRICTED_LOSS, GROKKED_TEST_ACC, over_checkpoints, sum_squared_weights
 from mi_toolkit.analysis.representations import (
     coset_concentration,
     excluded_loss_irreps,
@@ -26,7 +26,7 @@ from mi_toolkit.analysis.representations import (
 from mi_toolkit.core.io import Run, load_json
 from mi_toolkit.core.tl import HookedTransformer
 from mi_toolkit.experiments.runs import load_model, register_loader
-from mi_toolkit.experiments.until_done import UntilDoneConfig, apply_checks, run_until_done
+from mi_toolkit.experiments.until_done import UntilDoneConfig, apply_checks, history_summary, run_until_done
 from mi_toolkit.models.factory import build_model, model_config_dict, model_config_from_dict
 from mi_toolkit.models.presets import grokking_model_config
 from mi_toolkit.report import write_groups_report
@@ -70,7 +70,8 @@ GROUP_CHECKS = {
     # name: (analysis key, test, threshold text, the paper's figure)
     "key irreps": ("n_key_irreps", lambda v: 1 <= v <= 4, "1 to 4",
                    "S5: the sign and standard (4,1) irreps in 49 of 50 seeds"),
-    "restricted loss (test)": ("restricted_loss", lambda v: v < 0.1, "< 0.1", "falls to about the test loss"),
+    "restricted loss (test)": ("restricted_loss", lambda v: v < CLEAN_RESTRICTED_LOSS, f"< {CLEAN_RESTRICTED_LOSS}",
+                               "falls to about the test loss"),
     "excluded loss (train)": ("excluded_loss", lambda v: v > 1.0, "> 1", "rises far above the train loss"),
 }
 """The checks of a model that composes with the group's irreps (Chughtai et al. 2023). The share of the logit
@@ -80,6 +81,11 @@ we have no published figure for it, and S4 models that had grokked measured 0.5-
 
 def group_checks(model: HookedTransformer, task: GroupComposition) -> dict:
     """Key irreps and :data:`GROUP_CHECKS` of the model as it is now (JSON-safe)."""
+    return _checked(model, task)[0]
+
+
+def _checked(model: HookedTransformer, task: GroupComposition):
+    """``(group_checks values, key irrep indices, the IrrepLogits they come from)``."""
     logits = irrep_logit_shares(model, task, threshold=KEY_IRREP_SHARE)
     irreps = task.group.irreps()
     key = logits.key[1:] if logits.key[:1] == [0] else logits.key  # the trivial irrep is never key
@@ -91,9 +97,7 @@ def group_checks(model: HookedTransformer, task: GroupComposition) -> dict:
         "restricted_loss": restricted_loss_irreps(model, task, key) if key else float("inf"),
         "excluded_loss": excluded_loss_irreps(model, task, key) if key else 0.0,
     }
-    apply_checks(values, GROUP_CHECKS)
-    values["_key_indices"] = key
-    return values
+    return apply_checks(values, GROUP_CHECKS), key, logits
 
 
 def run_groups(out_dir: str | Path, config: GroupsConfig = GroupsConfig(), *, progress: bool = True,
@@ -121,11 +125,9 @@ def run_groups(out_dir: str | Path, config: GroupsConfig = GroupsConfig(), *, pr
 
 def analyse_groups(model: HookedTransformer, task: GroupComposition, history: list[dict], run_dir=None):
     """The irreps analysis of the final model and the restricted / excluded losses over the checkpoints."""
-    analysis = group_checks(model, task)
-    key = analysis.pop("_key_indices")
+    analysis, key, logits = _checked(model, task)
     group = task.group
     irreps = group.irreps()
-    logits = irrep_logit_shares(model, task, threshold=KEY_IRREP_SHARE)
     clusters = neuron_irreps(model, task)
     with torch.no_grad():
         embed = irrep_norms(model.W_E[: group.order], group)
@@ -149,13 +151,9 @@ def analyse_groups(model: HookedTransformer, task: GroupComposition, history: li
             model, run_dir, lambda m: {"restricted_loss": restricted_loss_irreps(m, task, key),
                                        "excluded_loss": excluded_loss_irreps(m, task, key)})}
         history = [{**r, **by_step.get(r["step"], {})} for r in history]
-    final = history[-1]
-    analysis.update({
-        "final": {k: final[k] for k in ("step", "train_loss", "test_loss", "train_acc", "test_acc")},
-        "grokked_at_step": next((r["step"] for r in history if r["test_acc"] >= GROKKED_TEST_ACC), None),
-        "phases": dataclasses.asdict(estimate_phases(history)),
-    })
-    analysis["grokked"] = final["test_acc"] >= GROKKED_TEST_ACC and analysis["restricted_loss"] < 0.1
+    analysis.update(history_summary(history))
+    analysis["grokked"] = (analysis["final"]["test_acc"] >= GROKKED_TEST_ACC
+                           and analysis["restricted_loss"] < CLEAN_RESTRICTED_LOSS)
     return history, analysis
 
 

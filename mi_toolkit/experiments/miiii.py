@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import ClassVar
 
 from mi_toolkit.analysis.miiii import omega, task_frequency_shares
-from mi_toolkit.analysis.progress import GROKKED_TEST_ACC, estimate_phases
+from mi_toolkit.analysis.progress import GROKKED_TEST_ACC
 from mi_toolkit.core.io import Run, load_json
 from mi_toolkit.core.tl import HookedTransformer
 from mi_toolkit.experiments.runs import load_model, register_loader
-from mi_toolkit.experiments.until_done import UntilDoneConfig, run_until_done
+from mi_toolkit.experiments.until_done import UntilDoneConfig, apply_checks, history_summary, run_until_done
 from mi_toolkit.models.factory import build_model, model_config_dict, model_config_from_dict
 from mi_toolkit.models.presets import grokking_model_config
 from mi_toolkit.report import write_miiii_report
@@ -60,6 +60,13 @@ def run_miiii(out_dir: str | Path, config: MiiiiConfig = MiiiiConfig(), *, progr
                           measures=lambda m: omega(m, task), progress=progress)
 
 
+MIIII_CHECKS = {
+    "every task generalises": ("lowest_task_test_acc", lambda v: v >= GROKKED_TEST_ACC, f">= {GROKKED_TEST_ACC}",
+                               "every task groks; small primes first"),
+}
+"""The one check of a multi-task run: its lowest task test accuracy."""
+
+
 def analyse_miiii(model: HookedTransformer, task: MultiTaskModular, history: list[dict], run_dir=None):
     """Which task groks when, the omega spike over training, each task's key frequencies in the final model."""
     final = history[-1]
@@ -80,16 +87,12 @@ def analyse_miiii(model: HookedTransformer, task: MultiTaskModular, history: lis
         "omega": {"threshold": "mean + k std of |FFT2| of the neurons over (x0, x1), averaged over neurons",
                   "peak_k2": None if peak is None else {"step": peak["step"], "count": peak["omega_k2"]},
                   "final_k2": final.get("omega_k2"), "final_k1": final.get("omega_k1")},
-        "final": {k: final[k] for k in ("step", "train_loss", "test_loss", "train_acc", "test_acc")},
-        "grokked_at_step": next((r["step"] for r in history if r["test_acc"] >= GROKKED_TEST_ACC), None),
-        "phases": dataclasses.asdict(estimate_phases(history)),
+        **history_summary(history),
+        "lowest_task_test_acc": final["test_acc"],
         "grokked": final["test_acc"] >= GROKKED_TEST_ACC,
+        "restricted_loss": None,  # no single algorithm to restrict to across tasks
     }
-    analysis["checks"] = {"every task generalises": {
-        "value": final["test_acc"], "threshold": ">= 0.99", "paper": "every task groks; small primes first",
-        "passed": final["test_acc"] >= GROKKED_TEST_ACC}}
-    analysis["passed_checks"] = analysis["grokked"]
-    analysis["restricted_loss"] = None  # no single algorithm to restrict to across tasks
+    apply_checks(analysis, MIIII_CHECKS)
     return history, analysis
 
 

@@ -8,13 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
-from mi_toolkit.analysis.progress import GROKKED_TEST_ACC
+from mi_toolkit.analysis.progress import GROKKED_TEST_ACC, estimate_phases
 from mi_toolkit.core.io import Run, load_json, read_jsonl, save_json, save_tensors, write_jsonl
 from mi_toolkit.experiments.runs import check_out_dir
 from mi_toolkit.training.recipes import GROKKING_RECIPES, grokking_recipe
 from mi_toolkit.training.trainer import TrainConfig, train
 
-__all__ = ["UntilDoneConfig", "apply_checks", "run_until_done"]
+__all__ = ["UntilDoneConfig", "apply_checks", "history_summary", "run_until_done"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -92,6 +92,17 @@ def apply_checks(values: dict, checks: dict) -> dict:
     }
     values["passed_checks"] = all(c["passed"] for c in values["checks"].values())
     return values
+
+
+def history_summary(history: list[dict]) -> dict:
+    """What every grokking-style analysis reports of its history: the final losses and accuracies, the first step
+    with test accuracy >= 99%, and the estimated phases."""
+    final = history[-1]
+    return {
+        "final": {k: final[k] for k in ("step", "train_loss", "test_loss", "train_acc", "test_acc")},
+        "grokked_at_step": next((r["step"] for r in history if r["test_acc"] >= GROKKED_TEST_ACC), None),
+        "phases": dataclasses.asdict(estimate_phases(history)),
+    }
 
 
 class _UntilDone:

@@ -219,8 +219,10 @@ def direct_product(g: Group, h: Group) -> Group:
     return Group(f"{g.name}x{h.name}", table, tuple(itertools.product(g.elements, h.elements)))
 
 
+@functools.lru_cache(maxsize=16)
 def by_name(name: str) -> Group:
-    """A group by name: ``"S5"``, ``"A4"``, ``"D7"``, ``"C113"`` and products joined by ``x``: ``"C5xC5"``."""
+    """A group by name: ``"S5"``, ``"A4"``, ``"D7"``, ``"C113"`` and products joined by ``x``: ``"C5xC5"`` (built
+    once per name; its irreps are cached with it)."""
     factors = name.split("x")
     builders = {"S": symmetric, "A": alternating, "D": dihedral, "C": cyclic}
     groups = []
