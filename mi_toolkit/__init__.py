@@ -11,7 +11,7 @@ user needs is re-exported here, grouped by concept.
 from mi_toolkit import analysis, core, experiments, interventions, models, plot, tasks, training
 
 # --- concept modules, by their short names ---
-from mi_toolkit.analysis import fourier, metrics, patching, progress, superposition
+from mi_toolkit.analysis import circuits, fourier, metrics, patching, progress, superposition
 from mi_toolkit.analysis import logit_attribution as attribution
 from mi_toolkit.analysis import sae as sae_eval
 from mi_toolkit.interventions import ablation, steering
@@ -24,7 +24,15 @@ from mi_toolkit.core import ActivationStream, HookFn, Metric, Positions, Run, co
 from mi_toolkit.core.forward import final_position_logits
 
 # --- tasks ---
-from mi_toolkit.tasks import GroundTruth, GroupComposition, InductionTask, ModularArithmetic, MultiTaskModular, mmcs
+from mi_toolkit.tasks import (
+    GroundTruth,
+    GroupComposition,
+    InductionTask,
+    IOITask,
+    ModularArithmetic,
+    MultiTaskModular,
+    mmcs,
+)
 from mi_toolkit.tasks import groups
 
 # --- models ---
@@ -35,6 +43,7 @@ from mi_toolkit.models import (
     ToyModelConfig,
     build_model,
     grokking_model_config,
+    load_sae,
     make_grokking_model,
     make_induction_model,
 )
@@ -54,6 +63,7 @@ from mi_toolkit.analysis.patching import activation_patch, attribution_patch, at
 # --- analysis: superposition and SAEs ---
 from mi_toolkit.analysis.sae import decoder_spread, density_histogram, evaluate_sae, max_activating
 from mi_toolkit.analysis.superposition import superposition_metrics
+from mi_toolkit.plot.dashboard import feature_dashboard
 
 # --- interventions ---
 from mi_toolkit.interventions import (
@@ -81,8 +91,17 @@ from mi_toolkit.experiments import (
     run_miiii,
     sweep,
     train_induction_model,
+    train_ioi_model,
 )
 from mi_toolkit.experiments import grokking
+
+# --- facts: knowledge base, causal tracing, model editing (ROME, MEMIT) ---
+from mi_toolkit.analysis import tracing
+from mi_toolkit.analysis.tracing import attention_knockout, causal_trace
+from mi_toolkit.experiments import FactsConfig, load_packaged_fact_model, run_facts
+from mi_toolkit.interventions import editing
+from mi_toolkit.models import make_fact_model
+from mi_toolkit.tasks import facts
 
 # --- module names of the flat layout before 0.2 (moves listed in CHANGELOG.md) ---
 from mi_toolkit.core import forward as fast_forward

@@ -99,6 +99,15 @@ def tiny_induction_model():
     yield from _shared(mt.make_induction_model(d_vocab=12, n_ctx=16, d_model=16, n_heads=2, d_head=8, seed=4).eval())
 
 
+@pytest.fixture(scope="session")
+def trained_induction():
+    """``mt.train_induction_model()`` with its defaults (seconds on a CPU): a previous-token head in layer 0 and
+    induction heads in layer 1. Shared: tests must not change it."""
+    run = mt.train_induction_model(progress=False)
+    for _ in _shared(run.model):
+        yield run
+
+
 # --- grokking transformers ---
 
 
@@ -148,3 +157,18 @@ def fitted_grokking_model():
     assert loss.item() < 0.5
     optimiser.zero_grad(set_to_none=True)
     yield from _shared_with(model.eval(), tokens, labels)
+
+
+# --- the fact-recall model (tests/test_facts.py, tests/test_editing.py) ---
+
+
+@pytest.fixture(scope="session")
+def tiny_fact_run(tmp_path_factory):
+    """``mt.run_facts`` with the tiny preset (80 facts, 4 layers of d_model 32; seconds), written to a temporary run
+    directory, without edits: the :class:`~mi_toolkit.core.io.Run`. Shared: tests must not change its model (edits
+    are undone by ``with edit:``)."""
+    from mi_toolkit.experiments.facts import FactsConfig, run_facts
+
+    run = run_facts(tmp_path_factory.mktemp("facts") / "run", FactsConfig(preset="tiny", n_traced=4, n_edits=0),
+                    progress=False, report=False)
+    yield from _shared_with(run.model, run)

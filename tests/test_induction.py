@@ -29,9 +29,8 @@ def sequences():
 
 
 @pytest.fixture(scope="module")
-def trained():
-    run = mt.train_induction_model(progress=False)
-    return run
+def trained(trained_induction):
+    return trained_induction
 
 
 def _tl_detect(model, tokens, head_type, monkeypatch, **kwargs):

@@ -72,3 +72,25 @@ def test_old_pos_keyword_still_works_and_warns():
     torch.testing.assert_close(old(logits), (logits[:, 2, 3] - logits[:, 2, 4]).mean())
     with pytest.raises(TypeError, match="both 'pos' and its new name 'positions'"):
         metrics.logit_diff(3, 4, pos=2, positions=1)
+
+
+def test_every_metric_is_the_mean_of_its_per_example_values():
+    gen = torch.Generator().manual_seed(0)
+    logits, clean = torch.randn(4, 5, 7, generator=gen), torch.randn(4, 5, 7, generator=gen)
+    tokens = torch.randint(0, 7, (4, 5), generator=gen)
+    answers, other = tokens[:, -1], (tokens[:, -1] + 1) % 7
+    factories = [
+        metrics.logit_diff(answers, other), metrics.probability(answers), metrics.answer_loss(answers),
+        metrics.loss(tokens), metrics.loss(tokens, positions=[1, 3]), metrics.kl_to_clean(clean),
+        metrics.kl_to_clean(clean, positions=None),
+        metrics.normalized(metrics.logit_diff(answers, other), clean, torch.zeros_like(clean)),
+    ]
+    for metric in factories:
+        values = metric.per_example(logits)
+        assert values.shape == (4,)
+        torch.testing.assert_close(values.mean(), metric(logits))
+    # Independent per-example values for two of them.
+    torch.testing.assert_close(factories[0].per_example(logits), logits[:, -1].gather(1, answers[:, None])[:, 0]
+                               - logits[:, -1].gather(1, other[:, None])[:, 0])
+    ce = torch.stack([torch.nn.functional.cross_entropy(logits[b, :-1], tokens[b, 1:]) for b in range(4)])
+    torch.testing.assert_close(factories[3].per_example(logits), ce)

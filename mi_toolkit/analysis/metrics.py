@@ -1,7 +1,8 @@
 """Patching metrics: factories that return ``metric(logits) -> scalar`` ready for :mod:`mi_toolkit.analysis.patching`.
 
 Every metric is differentiable (attribution patching takes its gradient) and averages over the batch, so it gives
-the same number for one batch however many patched copies are run beside it. Each one also declares the positions
+the same number for one batch however many patched copies are run beside it; its ``per_example`` attribute gives the
+values it averages (``[batch]``), for bootstrap intervals over examples. Each one also declares the positions
 whose logits it reads (its ``positions`` attribute; :func:`reads` does the same for your own metrics), so that
 :func:`mi_toolkit.analysis.patching.activation_patch` can skip the patches that cannot change them.
 
@@ -13,6 +14,7 @@ tensor(2.)
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -45,6 +47,16 @@ def reads(positions: Positions | None) -> Callable[[Metric], Metric]:
     return declare
 
 
+def _averaged(per_example: Callable[[Logits], Float[Tensor, " batch"]], positions: Positions | None) -> Metric:
+    """The metric ``per_example(logits).mean()``, carrying ``per_example`` and the positions it reads."""
+
+    def metric(logits: Logits) -> Float[Tensor, ""]:
+        return per_example(logits).mean()
+
+    metric.per_example = per_example
+    return reads(positions)(metric)
+
+
 def _as_batch(tokens: Tokens) -> Tensor:
     return torch.as_tensor(tokens).long().reshape(-1)
 
@@ -63,14 +75,14 @@ def logit_diff(correct: Tokens, incorrect: Tokens, positions: int = -1) -> Metri
     """
     correct, incorrect = _as_batch(correct), _as_batch(incorrect)
 
-    def metric(logits: Logits) -> Float[Tensor, ""]:
+    def per_example(logits: Logits) -> Float[Tensor, " batch"]:
         last = logits[:, positions]  # (batch, d_vocab_out)
         rows = torch.arange(len(last), device=last.device)
         good = last[rows, correct.to(last.device).expand(len(last))]
         bad = last[rows, incorrect.to(last.device).expand(len(last))]
-        return (good - bad).mean()
+        return good - bad
 
-    return reads(positions)(metric)
+    return _averaged(per_example, positions)
 
 
 @renamed_kwargs(pos="positions")
@@ -83,12 +95,12 @@ def probability(tokens: Tokens, positions: int = -1) -> Metric:
     """
     tokens = _as_batch(tokens)
 
-    def metric(logits: Logits) -> Float[Tensor, ""]:
+    def per_example(logits: Logits) -> Float[Tensor, " batch"]:
         probs = logits[:, positions].softmax(-1)
         rows = torch.arange(len(probs), device=probs.device)
-        return probs[rows, tokens.to(probs.device).expand(len(probs))].mean()
+        return probs[rows, tokens.to(probs.device).expand(len(probs))]
 
-    return reads(positions)(metric)
+    return _averaged(per_example, positions)
 
 
 def loss(tokens: Int[Tensor, "batch pos"], positions: Positions | None = None) -> Metric:
@@ -110,6 +122,12 @@ def loss(tokens: Int[Tensor, "batch pos"], positions: Positions | None = None) -
     def metric(logits: Logits) -> Float[Tensor, ""]:
         return next_token_loss(logits, tokens.to(logits.device), chosen.to(logits.device))
 
+    def per_example(logits: Logits) -> Float[Tensor, " batch"]:
+        where = chosen.to(logits.device)
+        predicting, targets = logits[:, where], tokens.to(logits.device)[:, where + 1]
+        return F.cross_entropy(predicting.transpose(1, 2), targets, reduction="none").mean(-1)
+
+    metric.per_example = per_example
     return reads(chosen.tolist())(metric)
 
 
@@ -127,6 +145,11 @@ def answer_loss(answers: Tokens, positions: int = -1) -> Metric:
         last = logits[:, positions]
         return _answer_loss(last, answers.to(last.device).expand(len(last)))
 
+    def per_example(logits: Logits) -> Float[Tensor, " batch"]:
+        last = logits[:, positions]
+        return F.cross_entropy(last, answers.to(last.device).expand(len(last)), reduction="none")
+
+    metric.per_example = per_example
     return reads(positions)(metric)
 
 
@@ -141,12 +164,13 @@ def kl_to_clean(clean_logits: Logits, positions: Positions | None = -1) -> Metri
     where = slice(None) if positions is None else positions
     clean_log_probs = clean_logits.detach()[:, where].log_softmax(-1)
 
-    def metric(logits: Logits) -> Float[Tensor, ""]:
+    def per_example(logits: Logits) -> Float[Tensor, " batch"]:
         log_probs = logits[:, where].log_softmax(-1)
         reference = clean_log_probs.to(log_probs.device)
-        return (reference.exp() * (reference - log_probs)).sum(-1).mean()
+        kl = (reference.exp() * (reference - log_probs)).sum(-1)  # (batch,) or (batch, pos)
+        return kl if kl.ndim == 1 else kl.mean(-1)
 
-    return reads(positions)(metric)
+    return _averaged(per_example, positions)
 
 
 def normalized(metric: Metric, clean_logits: Logits, corrupted_logits: Logits) -> Metric:
@@ -172,6 +196,8 @@ def normalized(metric: Metric, clean_logits: Logits, corrupted_logits: Logits) -
     def rescaled(logits: Logits) -> Float[Tensor, ""]:
         return (metric(logits) - corrupted) / (clean - corrupted)
 
+    if hasattr(metric, "per_example"):
+        rescaled.per_example = lambda logits: (metric.per_example(logits) - corrupted) / (clean - corrupted)
     return reads(getattr(metric, "positions", None))(rescaled)
 
 

@@ -26,6 +26,15 @@ from mi_toolkit.models.sae import SAE
 __all__ = ["add_direction", "clamp_feature", "scale_feature", "splice_sae"]
 
 
+def _check_fits(sae: SAE, activation: Tensor, hook) -> None:
+    """An SAE reads activations of ``d_in`` entries per position; say which hook it does not fit."""
+    size = activation[0, 0].numel()
+    if size != sae.cfg.d_in:
+        name = getattr(hook, "name", None) or "this hook"
+        raise ValueError(f"the SAE reads d_in = {sae.cfg.d_in}, but the activation at hook {name!r} has {size} "
+                         f"entries per position (shape {tuple(activation.shape)})")
+
+
 def splice_sae(sae: SAE, *, positions: Positions | None = None) -> HookFn:
     """Replace the activation with the SAE's reconstruction (error term dropped).
 
@@ -34,10 +43,11 @@ def splice_sae(sae: SAE, *, positions: Positions | None = None) -> HookFn:
         positions: positions to replace; the others pass through unchanged.
 
     Returns:
-        A forward hook.
+        A forward hook; it raises ``ValueError`` naming the hook if the SAE's ``d_in`` does not fit the activation.
     """
 
     def hook(activation: Tensor, hook) -> Tensor:
+        _check_fits(sae, activation, hook)
         return apply_at_positions(activation, positions, lambda x: sae(x.to(sae.W_dec.dtype)))
 
     return hook
@@ -53,6 +63,7 @@ def _edit_feature(sae: SAE, feature: int, new_value, positions: Positions | None
         return x + (new_value(f_i) - f_i) * sae.W_dec[feature]
 
     def hook(activation: Tensor, hook) -> Tensor:
+        _check_fits(sae, activation, hook)
         return apply_at_positions(activation, positions, edit)
 
     return hook

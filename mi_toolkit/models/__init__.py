@@ -6,8 +6,10 @@ from mi_toolkit.models.factory import build_model, load_pretrained, model_config
 from mi_toolkit.models.presets import (
     grokking_model_config,
     induction_model_config,
+    ioi_model_config,
     make_grokking_model,
     make_induction_model,
 )
-from mi_toolkit.models.sae import SAE, SAEConfig
+from mi_toolkit.models.presets import FACT_PRESETS, fact_model_config, make_fact_model
+from mi_toolkit.models.sae import SAE, SAEConfig, load_sae
 from mi_toolkit.models.toy import ToyModel, ToyModelConfig

@@ -1,10 +1,12 @@
 """Sparse autoencoders (SAEs): take a hook point's activations out of superposition into sparse features.
 
-``f = act(W_enc^T (x - b_dec) + b_enc)``, ``x_hat = W_dec^T f + b_dec``, with ``act`` either ReLU (trained on
-``||x - x_hat||^2 + l1 * ||f||_1``) or TopK (keep the k largest pre-activations, trained on the squared error
-alone). Decoder rows are kept at unit norm so the L1 penalty cannot be dodged by shrinking ``f``; features that
-stop firing are resampled towards badly reconstructed inputs (Bricken et al. 2023). Training is
-:func:`mi_toolkit.training.train_sae`; the SAE saves and loads as safetensors + JSON.
+``f = act(W_enc^T (x - b_dec) + b_enc)``, ``x_hat = W_dec^T f + b_dec``, with ``act`` ReLU (trained on
+``||x - x_hat||^2 + l1 * ||f||_1``), TopK (keep the k largest pre-activations, trained on the squared error
+alone) or JumpReLU (``pre * (pre > threshold)`` with a learnt per-feature threshold, trained on the squared error
+plus ``l0 * ||f||_0``; Rajamanoharan et al. 2024). Decoder rows are kept at unit norm so the L1 penalty cannot be
+dodged by shrinking ``f``; features that stop firing are resampled towards badly reconstructed inputs (Bricken et
+al. 2023). Training is :func:`mi_toolkit.training.train_sae`. An SAE saves as safetensors + JSON, or in SAELens's or
+Gemma Scope's format (:meth:`SAE.save`); :func:`load_sae` reads all three (:mod:`mi_toolkit.models.sae_formats`).
 
 >>> sae = SAE(SAEConfig(d_in=8, d_sae=16, activation="topk", k=4))
 >>> x = torch.randn(3, 8)
@@ -13,6 +15,7 @@ stop firing are resampled towards badly reconstructed inputs (Bricken et al. 202
 """
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -22,8 +25,9 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from mi_toolkit.core.io import CheckpointError, load_json, load_tensors, save_json, save_tensors
+from mi_toolkit.models import sae_formats
 
-__all__ = ["SAE", "SAEConfig"]
+__all__ = ["SAE", "SAEConfig", "load_sae"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,13 +38,25 @@ class SAEConfig:
     """Size of the activations the SAE reads (trailing dimensions of the hook's activation, flattened)."""
     d_sae: int
     """Number of features (dictionary size)."""
-    activation: Literal["relu", "topk"] = "relu"
-    """``"relu"``: ReLU with an L1 penalty; ``"topk"``: keep the ``k`` largest pre-activations (ReLU-ed)."""
+    activation: Literal["relu", "topk", "jumprelu"] = "relu"
+    """``"relu"``: ReLU with an L1 penalty; ``"topk"``: keep the ``k`` largest pre-activations (ReLU-ed);
+    ``"jumprelu"``: ``pre * (pre > threshold)`` with a per-feature threshold, trained with an L0 penalty."""
+    apply_b_dec_to_input: bool = True
+    """Subtract ``b_dec`` from the input before encoding (the toolkit's and SAELens's default); False for SAEs such as
+    Gemma Scope's, whose encoder reads ``x @ W_enc + b_enc``."""
     l1_coefficient: float = 1.0
     """ReLU only: weight of ``||f||_1`` against the squared error ``||x - x_hat||^2`` (both per input, on normalised
     activations). Representing a feature pays when its activation exceeds about this value."""
     k: int = 16
     """Active features per input (TopK only)."""
+    l0_coefficient: float = 1.0
+    """JumpReLU only: weight of ``||f||_0`` against the squared error (on normalised activations): representing a
+    feature pays when it lowers the squared error by more than this."""
+    initial_threshold: float = 0.5
+    """JumpReLU only: every feature's threshold at initialisation, in normalised units."""
+    bandwidth: float = 0.1
+    """JumpReLU only: width of the rectangle kernel of the straight-through estimator that gives the threshold its
+    gradient (Rajamanoharan et al. 2024), in normalised units."""
     lr: float = 3e-3
     """Adam learning rate; constant, then decayed linearly to zero over the last ``lr_decay_fraction`` of steps."""
     lr_decay_fraction: float = 0.2
@@ -65,10 +81,14 @@ class SAEConfig:
     def __post_init__(self):
         if self.d_in < 1 or self.d_sae < 1:
             raise ValueError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
-        if self.activation not in ("relu", "topk"):
-            raise ValueError(f"activation must be 'relu' or 'topk', got {self.activation!r}")
-        if not self.l1_coefficient > 0:
-            raise ValueError(f"l1_coefficient must be positive, got {self.l1_coefficient}")
+        if self.activation not in ("relu", "topk", "jumprelu"):
+            raise ValueError(f"activation must be 'relu', 'topk' or 'jumprelu', got {self.activation!r}")
+        if not self.l1_coefficient > 0 or not self.l0_coefficient > 0:
+            raise ValueError(f"l1_coefficient and l0_coefficient must be positive, got {self.l1_coefficient}, "
+                             f"{self.l0_coefficient}")
+        if not self.initial_threshold > 0 or not self.bandwidth > 0:
+            raise ValueError(f"initial_threshold and bandwidth must be positive, got {self.initial_threshold}, "
+                             f"{self.bandwidth}")
         if self.k < 1 or (self.activation == "topk" and self.k > self.d_sae):
             raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}")
         if not self.lr > 0 or not 0 <= self.lr_decay_fraction <= 1:
@@ -78,7 +98,12 @@ class SAEConfig:
 
 
 class SAE(nn.Module):
-    """A sparse autoencoder; ``forward`` returns the reconstruction, ``encode`` the feature activations."""
+    """A sparse autoencoder; ``forward`` returns the reconstruction, ``encode`` the feature activations.
+
+    Parameters: ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``, ``b_enc [d_sae]``, ``b_dec [d_in]`` (the layout of
+    SAELens and Gemma Scope), and for JumpReLU ``log_threshold [d_sae]`` (the threshold is ``exp(log_threshold)``, as
+    Rajamanoharan et al. train it, so it stays positive).
+    """
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -89,15 +114,27 @@ class SAE(nn.Module):
         self.W_enc = nn.Parameter(W_dec.T.clone())  # tied initialisation: each feature starts reading its direction
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        if cfg.activation == "jumprelu":
+            self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.initial_threshold)))
+
+    @property
+    def threshold(self) -> Float[Tensor, " d_sae"]:
+        """JumpReLU only: the per-feature threshold ``exp(log_threshold)``."""
+        return self.log_threshold.exp()
 
     def pre_activations(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
-        """``W_enc^T (x - b_dec) + b_enc``."""
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        """``W_enc^T (x - b_dec) + b_enc`` (``W_enc^T x + b_enc`` where ``cfg.apply_b_dec_to_input`` is False)."""
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
 
     def encode(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
         """Feature activations (non-negative; at most ``k`` non-zero for TopK)."""
         if self.cfg.activation == "relu":
             return F.relu(self.pre_activations(x))
+        if self.cfg.activation == "jumprelu":
+            pre = self.pre_activations(x)
+            return pre * (pre > self.threshold)
         values, indices = self.topk(x)
         return torch.zeros(*x.shape[:-1], self.cfg.d_sae, dtype=values.dtype, device=x.device).scatter(
             -1, indices, values
@@ -114,7 +151,7 @@ class SAE(nn.Module):
 
     def forward(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_in"]:
         """Reconstruction of ``x`` through the features."""
-        if self.cfg.activation == "relu":
+        if self.cfg.activation != "topk":
             return self.decode(self.encode(x))
         values, indices = self.topk(x)
         return self._decode_topk(values, indices)
@@ -125,38 +162,82 @@ class SAE(nn.Module):
         x_hat = F.embedding_bag(flat_indices, self.W_dec, per_sample_weights=flat_values, mode="sum")
         return x_hat.view(*values.shape[:-1], self.cfg.d_in) + self.b_dec
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``sae.safetensors`` (weights) and ``config.json`` into ``directory`` (created if missing).
+    def save(self, path: str | Path, *, format: Literal["toolkit", "saelens", "gemma_scope"] = "toolkit") -> Path:
+        """Write the SAE in one of three formats.
+
+        Args:
+            path: ``"toolkit"``: a directory (created if missing) with ``sae.safetensors`` and ``config.json``;
+                ``"saelens"``: a directory with SAELens 6.x's ``cfg.json`` and ``sae_weights.safetensors`` (standard,
+                TopK and JumpReLU architectures); ``"gemma_scope"``: a ``params.npz`` file (a directory is given
+                ``params.npz`` inside it), JumpReLU only in that format, so a ReLU SAE is written with threshold 0.
+            format: one of the three.
 
         Returns:
-            The directory.
-        """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_tensors(directory / "sae.safetensors", dict(self.named_parameters()))
-        save_json(directory / "config.json", dataclasses.asdict(self.cfg))
-        return directory
-
-    @classmethod
-    def load(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> "SAE":
-        """Load an SAE written by :meth:`save`, checking the weights against the config.
+            The directory (toolkit, SAELens) or the ``.npz`` file (Gemma Scope).
 
         Raises:
-            CheckpointError: (a ``ValueError``) a file is missing or corrupt, or the weights do not fit the config.
+            ValueError: the SAE cannot be written in that format (TopK as Gemma Scope), or an unknown format.
         """
-        directory = Path(directory)
-        fields = load_json(directory / "config.json")
-        try:
-            cfg = SAEConfig(**fields)
-        except (TypeError, ValueError) as error:
-            raise CheckpointError(f"{directory / 'config.json'} is not a valid SAE config: {error}") from error
-        tensors, _ = load_tensors(directory / "sae.safetensors")
-        sae = cls(cfg)
-        expected = {name: tuple(p.shape) for name, p in sae.named_parameters()}
-        found = {name: tuple(t.shape) for name, t in tensors.items()}
-        if found != expected:
-            raise CheckpointError(
-                f"{directory / 'sae.safetensors'} holds {found}, but config.json describes {expected}"
-            )
-        sae.load_state_dict(tensors)
-        return sae.to(device)
+        path = Path(path)
+        if format == "toolkit":
+            path.mkdir(parents=True, exist_ok=True)
+            save_tensors(path / "sae.safetensors", dict(self.named_parameters()))
+            save_json(path / "config.json", dataclasses.asdict(self.cfg))
+            return path
+        if format not in ("saelens", "gemma_scope"):
+            raise ValueError(f"format must be 'toolkit', 'saelens' or 'gemma_scope', got {format!r}")
+        weights = {name: p.detach() for name, p in self.named_parameters() if name != "log_threshold"}
+        if self.cfg.activation == "jumprelu":
+            weights["threshold"] = self.threshold.detach()
+        fields = dataclasses.asdict(self.cfg)
+        if format == "saelens":
+            return sae_formats.write_saelens(path, fields, weights)
+        return sae_formats.write_gemma_scope(path, fields, weights)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "SAE":
+        """Load an SAE in any format :func:`load_sae` reads (the format is detected from the path's contents)."""
+        return load_sae(path, device=device)
+
+
+def load_sae(path: str | Path, *, device: str | torch.device = "cpu") -> SAE:
+    """Load an SAE saved by the toolkit, by SAELens (6.x) or by Gemma Scope, detected from the path's contents.
+
+    Args:
+        path: a toolkit SAE directory (``config.json`` + ``sae.safetensors``); a SAELens directory (``cfg.json`` +
+            ``sae_weights.safetensors``; architectures standard, topk, jumprelu); or Gemma Scope's ``params.npz``
+            (or a directory holding it). Foreign SAEs reproduce their own ``encode`` and ``decode`` exactly: their
+            conventions are carried by ``cfg.apply_b_dec_to_input`` and the JumpReLU threshold.
+        device: where to put the SAE.
+
+    Returns:
+        The SAE in eval mode. Settings a foreign format does not record (learning rate, steps, ...) take their
+        defaults.
+
+    Raises:
+        CheckpointError: (a ``ValueError``) the path is missing or is none of the three formats, a file is corrupt,
+            keys are missing, or the shapes disagree with the config; the message names the file.
+    """
+    path = Path(path)
+    kind = sae_formats.detect_format(path)
+    if kind == "toolkit":
+        fields = load_json(path / "config.json")
+        source = path / "config.json"
+        tensors, _ = load_tensors(path / "sae.safetensors")
+        weights_file = path / "sae.safetensors"
+    else:
+        read = sae_formats.read_saelens if kind == "saelens" else sae_formats.read_gemma_scope
+        fields, tensors, source, weights_file = read(path)
+    try:
+        cfg = SAEConfig(**fields)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{source} is not a valid SAE config: {error}") from error
+    if "threshold" in tensors:  # foreign JumpReLU: the toolkit keeps log(threshold), computed in float64
+        tensors["log_threshold"] = tensors.pop("threshold").double().log().float()
+    sae = SAE(cfg)
+    expected = {name: tuple(p.shape) for name, p in sae.named_parameters()}
+    found = {name: tuple(t.shape) for name, t in tensors.items()}
+    if found != expected:
+        raise CheckpointError(f"{weights_file} holds {found}, but {source.name} describes {expected}")
+    sae.load_state_dict({name: t.float() for name, t in tensors.items()})
+    return sae.to(device).eval()

@@ -1,5 +1,6 @@
 """Training sparse autoencoders through the one trainer: from a tensor of activations or straight from a model hook
-through a shuffled activation buffer; ReLU + L1 or TopK, unit-norm decoder, dead-feature resampling.
+through a shuffled activation buffer; ReLU + L1, TopK, or JumpReLU + L0 (the threshold learnt through a
+straight-through estimator, Rajamanoharan et al. 2024); unit-norm decoder, dead-feature resampling.
 
 >>> x = torch.randn(2048, 8)
 >>> sae = train_sae(x, SAEConfig(d_in=8, d_sae=16, activation="topk", k=4, steps=20), progress=False)
@@ -8,6 +9,7 @@ through a shuffled activation buffer; ReLU + L1 or TopK, unit-norm decoder, dead
 """
 
 import itertools
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -65,6 +67,46 @@ class _Buffer:
         return batch
 
 
+def _rectangle(z: Tensor) -> Tensor:
+    return ((z > -0.5) & (z < 0.5)).to(z.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """``pre * (pre > threshold)``; the threshold's gradient is the straight-through estimate
+    ``-(threshold / bandwidth) K((pre - threshold) / bandwidth)`` with the rectangle kernel K, the pre-activation's
+    the exact one, ``1{pre > threshold}`` (Rajamanoharan et al. 2024, eq. 11)."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pre, threshold = ctx.saved_tensors
+        kernel = _rectangle((pre - threshold) / ctx.bandwidth)
+        threshold_grad = -(threshold / ctx.bandwidth) * kernel * grad
+        return (pre > threshold) * grad, threshold_grad.reshape(-1, threshold.shape[-1]).sum(0), None
+
+
+class _Step(torch.autograd.Function):
+    """``1{pre > threshold}``, whose sum is the L0; only the threshold gets a (straight-through) gradient,
+    ``-(1 / bandwidth) K((pre - threshold) / bandwidth)``."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pre, threshold = ctx.saved_tensors
+        threshold_grad = -(1 / ctx.bandwidth) * _rectangle((pre - threshold) / ctx.bandwidth) * grad
+        return None, threshold_grad.reshape(-1, threshold.shape[-1]).sum(0), None
+
+
 def sae_train_config(config: SAEConfig) -> TrainConfig:
     """The recipe of :func:`train_sae`: Adam, constant learning rate then linear decay to zero, no weight decay."""
     return TrainConfig(steps=config.steps, lr=config.lr, weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0,
@@ -94,6 +136,12 @@ class SAETraining:
         if config.activation == "relu":
             f = sae.encode(x)
             loss = (sae.decode(f) - x).pow(2).sum(-1).mean() + config.l1_coefficient * f.sum(-1).mean()
+            active = f > 0
+        elif config.activation == "jumprelu":
+            pre, threshold = sae.pre_activations(x), sae.threshold
+            f = _JumpReLU.apply(pre, threshold, config.bandwidth)
+            l0 = _Step.apply(pre, threshold, config.bandwidth).sum(-1).mean()
+            loss = (sae.decode(f) - x).pow(2).sum(-1).mean() + config.l0_coefficient * l0
             active = f > 0
         else:
             values, indices = sae.topk(x)
@@ -170,6 +218,8 @@ def train_sae(
     with torch.no_grad():  # f_raw = f / scale: divide both biases by the scale (see SAEConfig.normalize_activations)
         sae.b_enc.div_(scale)
         sae.b_dec.div_(scale)
+        if config.activation == "jumprelu":  # and the thresholds, which the pre-activations are compared with
+            sae.log_threshold.sub_(math.log(scale))
     return sae.eval()
 
 
@@ -195,7 +245,11 @@ def _resample_dead(
     sae.W_dec.data[dead] = directions
     sae.W_enc.data[:, dead] = directions.T * enc_norm * 0.2  # 0.2 x the live encoder norm (Bricken et al. 2023)
     sae.b_enc.data[dead] = 0.0
-    for param, index in ((sae.W_dec, dead), (sae.W_enc, (slice(None), dead)), (sae.b_enc, dead)):
+    resampled = [(sae.W_dec, dead), (sae.W_enc, (slice(None), dead)), (sae.b_enc, dead)]
+    if sae.cfg.activation == "jumprelu":
+        sae.log_threshold.data[dead] = math.log(sae.cfg.initial_threshold)
+        resampled.append((sae.log_threshold, dead))
+    for param, index in resampled:
         state = optimiser.state.get(param, {})
         for key in ("exp_avg", "exp_avg_sq"):
             if key in state:

@@ -1,0 +1,247 @@
+"""Owns the edge-patched forward pass: many copies of a batch in one pass, each with its own set of removed edges.
+
+A receiver's input is the sum of the outputs of the senders before it (plus biases). In copy ``c``, receiver ``r``
+reads ``input_r + sum_s removed[c, r, s, p] * (ablated_s - actual_s)`` at position ``p``, where ``actual_s`` is the
+sender's output in that copy's own run (it differs from the clean run once an earlier edge is removed) and
+``ablated_s`` its replacement (the corrupted run's output, a mean, zero). The receiver inputs are TransformerLens's
+split query/key/value inputs and ``hook_mlp_in``, switched on only for the pass; the LayerNorm after them is
+recomputed by the model itself.
+"""
+
+import contextlib
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from mi_toolkit.analysis.circuits.graph import EdgeGraph
+from mi_toolkit.core.tl import HookedTransformer
+
+__all__ = ["Gradients", "one_edge_logits", "patched_logits", "receiver_gradients", "sender_hooks", "sender_outputs", "split_inputs"]
+
+
+@contextlib.contextmanager
+def split_inputs(model: HookedTransformer) -> Iterator[None]:
+    """Give every head its own query/key/value input and every MLP a ``hook_mlp_in`` for the duration."""
+    old = model.cfg.use_split_qkv_input, model.cfg.use_hook_mlp_in
+    model.set_use_split_qkv_input(True)
+    if not model.cfg.attn_only:
+        model.set_use_hook_mlp_in(True)
+    try:
+        yield
+    finally:
+        model.set_use_split_qkv_input(old[0])
+        if not model.cfg.attn_only:
+            model.set_use_hook_mlp_in(old[1])
+
+
+def sender_hooks(model: HookedTransformer, record) -> list[tuple[str, object]]:
+    """Hooks that call ``record(outputs)`` with each sender's output ``[batch, pos, d_model]``, in sender order."""
+
+    def embedding(x: Tensor, hook) -> None:
+        record([x])
+
+    def heads(layer: int):
+        w_o = model.blocks[layer].attn.W_O  # (head_index, d_head, d_model)
+
+        def hook(z: Tensor, hook) -> None:
+            record(list(torch.einsum("bphe,hem->hbpm", z, w_o.to(z.dtype)).unbind(0)))
+
+        return hook
+
+    def mlp(x: Tensor, hook) -> None:
+        record([x])
+
+    hooks = [("blocks.0.hook_resid_pre", embedding)]
+    for layer in range(model.cfg.n_layers):
+        hooks.append((f"blocks.{layer}.attn.hook_z", heads(layer)))
+        if not model.cfg.attn_only:
+            hooks.append((f"blocks.{layer}.hook_mlp_out", mlp))
+    return hooks
+
+
+def _receiver_groups(model: HookedTransformer, graph: EdgeGraph) -> list[tuple[str, list[int], bool]]:
+    """``(hook name, receiver indices, per head)`` for every receiver hook point."""
+    index = graph.receiver_index
+    groups = []
+    for layer in range(model.cfg.n_layers):
+        for kind in "qkv":
+            rows = [index[f"a{layer}.h{h}.{kind}"] for h in range(model.cfg.n_heads)]
+            groups.append((f"blocks.{layer}.hook_{kind}_input", rows, True))
+        if not model.cfg.attn_only:
+            groups.append((f"blocks.{layer}.hook_mlp_in", [index[f"m{layer}"]], False))
+    groups.append((f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", [index["logits"]], False))
+    return groups
+
+
+@torch.no_grad()
+def sender_outputs(
+    model: HookedTransformer, graph: EdgeGraph, tokens: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "n_senders batch pos d_model"]:
+    """Every sender's output on ``tokens`` (one forward pass)."""
+    outputs: list[Tensor] = []
+    with model.hooks(fwd_hooks=sender_hooks(model, outputs.extend)):
+        model(tokens, return_type=None)
+    return torch.stack(outputs)
+
+
+def patched_logits(
+    model: HookedTransformer,
+    graph: EdgeGraph,
+    tokens: Int[Tensor, "batch pos"],
+    removed: Float[Tensor, "copies n_receivers n_senders pos"],
+    ablated: Float[Tensor, "n_senders batch pos d_model"],
+) -> Float[Tensor, "copies_x_batch pos d_vocab_out"]:
+    """Logits of ``len(removed)`` copies of ``tokens``, copy ``c`` with the edges in ``removed[c]`` ablated.
+
+    Rows are copy-major: copy ``c`` is rows ``c * batch .. (c + 1) * batch``.
+    """
+    copies, batch = len(removed), len(tokens)
+    removed = removed.to(ablated.dtype) * graph.valid.to(removed.device)[None, :, :, None]
+    actual: list[Tensor] = []
+    stacked: dict[int, Tensor] = {}  # differences ablated - actual, for the first n senders, built once per n
+
+    def differences(n: int, used: Tensor) -> Tensor:  # (used senders, copy, batch, pos, d_model)
+        if n not in stacked:
+            stacked.clear()  # a later layer reads more senders; the earlier stack is not needed again
+            now = torch.stack(actual[:n]).unflatten(1, (copies, batch))
+            stacked[n] = ablated[:n, None] - now
+        return stacked[n][used]
+
+    def receiver(rows: list[int], per_head: bool):
+        def hook(x: Tensor, hook) -> Tensor:
+            n = len(actual)
+            mask = removed[:, rows, :n]  # (copy, receiver, sender, pos)
+            used = mask.ne(0).any(3).any(1).any(0).nonzero().flatten()  # senders some copy removes here
+            if len(used) == 0:
+                return x
+            diffs, mask = differences(n, used), mask[:, :, used]
+            if per_head:  # x: (copy * batch, pos, head_index, d_model)
+                delta = torch.einsum("chsp,scbpd->cbphd", mask, diffs)
+            else:  # x: (copy * batch, pos, d_model)
+                delta = torch.einsum("csp,scbpd->cbpd", mask[:, 0], diffs)
+            return x + delta.flatten(0, 1)
+
+        return hook
+
+    hooks = sender_hooks(model, actual.extend)
+    hooks += [(name, receiver(rows, per_head)) for name, rows, per_head in _receiver_groups(model, graph)]
+    with split_inputs(model), model.hooks(fwd_hooks=hooks):
+        return model(tokens.repeat(copies, 1))
+
+
+def one_edge_logits(
+    model: HookedTransformer,
+    graph: EdgeGraph,
+    layer: int,
+    start: Float[Tensor, "batch pos d_model"],
+    patches: list[tuple[int, int, int | None]],
+    deltas: Float[Tensor, "n_senders batch pos d_model"],
+) -> Float[Tensor, "copies_x_batch pos d_vocab_out"]:
+    """One copy of the clean run per patch ``(receiver, sender, position or None)``, every receiver in block
+    ``layer`` (``n_layers``: the logits), each copy adding ``deltas[sender]`` to its one receiver's input.
+
+    With one edge removed, every sender upstream of the receiver keeps its clean output, so the delta is the same in
+    every copy and the pass restarts at ``layer`` from the clean residual stream ``start`` (TransformerLens's
+    ``start_at_layer``): the layers before it are not run again.
+    """
+    copies, batch = len(patches), len(start)
+    index = {name: rows for name, rows, _ in _receiver_groups(model, graph)}
+    by_hook: dict[str, list[tuple[int, int, int, int | None]]] = {}
+    for c, (r, s, p) in enumerate(patches):
+        for name, rows in index.items():
+            if r in rows:
+                by_hook.setdefault(name, []).append((c, rows.index(r), s, p))
+
+    def add(entries):
+        copy = torch.tensor([e[0] for e in entries], device=start.device)
+        slot = torch.tensor([e[1] for e in entries], device=start.device)
+        values = deltas[[e[2] for e in entries]]  # (patch, batch, pos, d_model)
+        at = torch.tensor([-1 if e[3] is None else e[3] for e in entries], device=start.device)
+        positions = torch.arange(values.shape[2], device=start.device)
+        values = values * ((at[:, None] < 0) | (positions[None] == at[:, None]))[:, None, :, None]
+
+        def hook(x: Tensor, hook) -> Tensor:
+            out = x.clone().unflatten(0, (copies, batch))
+            if out.ndim == 5:  # (copy, batch, pos, head_index, d_model)
+                out[copy, :, :, slot] += values
+            else:
+                out[copy] += values
+            return out.flatten(0, 1)
+
+        return hook
+
+    if layer == model.cfg.n_layers:  # the logits read the final residual stream: add there, then unembed
+        resid = start.repeat(copies, 1, 1).unflatten(0, (copies, batch))
+        for c, (r, s, p) in enumerate(patches):
+            resid[c, :, slice(None) if p is None else p] += deltas[s][:, slice(None) if p is None else p]
+        return model(resid.flatten(0, 1), start_at_layer=layer)
+    # Only block `layer` needs its own input per head (TransformerLens's split inputs cost n_heads times the
+    # projections); the blocks after it run as usual.
+    hooks = [(name, add(entries)) for name, entries in by_hook.items()]
+    with split_inputs(model), model.hooks(fwd_hooks=hooks):
+        resid = model.blocks[layer](start.repeat(copies, 1, 1))
+    return model(resid, start_at_layer=layer + 1)
+
+
+class Gradients(NamedTuple):
+    """What one forward and backward pass of :func:`receiver_gradients` gives."""
+
+    grads: Tensor
+    """``[n_receivers, batch, pos, d_model]``: the metric's gradient at each receiver's input, summed over copies."""
+    senders: Tensor
+    """``[n_senders, copies * batch (+ len(also)), pos, d_model]``: every sender's output in that pass (no
+    gradient)."""
+    value: float
+    """The metric, summed over copies."""
+
+
+def receiver_gradients(
+    model: HookedTransformer,
+    graph: EdgeGraph,
+    tokens: Int[Tensor, "batch pos"],
+    metric,
+    embeddings: Float[Tensor, "copies batch pos d_model"] | None = None,
+    also: Int[Tensor, "batch pos"] | None = None,
+) -> Gradients:
+    """The gradient of ``metric`` with respect to every receiver's input, from one forward and backward pass.
+
+    Args:
+        model, graph, tokens: the model, its graph and the input.
+        metric: logits ``[batch, pos, d_vocab]`` -> scalar, called on each copy's logits.
+        embeddings: optional replacements of the residual stream entering block 0, one per copy (the points of an
+            integrated-gradients path); default one copy of the input's own.
+        also: more sequences to run in the same pass, without gradient, for their sender outputs only (appended
+            after the copies in ``Gradients.senders``): one batched pass instead of two.
+    """
+    copies = 1 if embeddings is None else len(embeddings)
+    batch = len(tokens)
+    n_rows = copies * batch
+    groups = _receiver_groups(model, graph)
+    inputs: dict[str, Tensor] = {}
+    outputs: list[Tensor] = []
+
+    def leaf(x: Tensor, hook) -> Tensor:
+        start = x[:n_rows] if embeddings is None else embeddings.flatten(0, 1).to(x.dtype)
+        return torch.cat([start.detach().requires_grad_(True), x[n_rows:].detach()])
+
+    def keep(x: Tensor, hook) -> None:
+        inputs[hook.name] = x
+
+    # The leaf comes first, so the "input" sender records the (replaced) leaf; the rest record as usual.
+    hooks = [("blocks.0.hook_resid_pre", leaf)] + sender_hooks(model, lambda xs: outputs.extend(x.detach() for x in xs))
+    hooks += [(name, keep) for name, _, _ in groups]
+    run = tokens.repeat(copies, 1) if also is None else torch.cat([tokens.repeat(copies, 1), also])
+    with torch.enable_grad(), split_inputs(model), model.hooks(fwd_hooks=hooks):
+        logits = model(run)[:n_rows]
+        value = sum(metric(chunk) for chunk in logits.split(batch))
+        grads = torch.autograd.grad(value, [inputs[name] for name, _, _ in groups], allow_unused=True)
+    out = torch.zeros(len(graph.receivers), batch, tokens.shape[1], model.cfg.d_model, device=logits.device)
+    for (name, rows, per_head), grad in zip(groups, grads):
+        if grad is None:
+            continue
+        grad = grad[:n_rows].unflatten(0, (copies, batch)).sum(0)  # (batch, pos, [head_index,] d_model)
+        out[rows] = grad.movedim(2, 0) if per_head else grad[None]
+    return Gradients(out, torch.stack(outputs), float(value.detach()))

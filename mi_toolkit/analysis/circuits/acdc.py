@@ -1,0 +1,111 @@
+"""ACDC (Conmy et al. 2023): prune edges from the output backwards, keeping an edge only if removing it moves the
+metric (KL divergence to the clean run by default) by at least a threshold.
+
+Receivers are visited in reverse topological order; a node none of whose outputs is left in the circuit loses its
+inputs too (they can no longer reach the output). Edges into one receiver are tested in order, each against the
+circuit left by the tests before it. That is sequential, but it is batched here by speculation: one forward pass
+tries removing the first 1, 2, 3, ... remaining edges cumulatively; every result up to and including the first
+edge that must stay is exactly what the sequential algorithm computes, so a receiver costs one pass per edge it
+keeps, plus one.
+"""
+
+import dataclasses
+import time
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mi_toolkit.analysis.circuits.circuit import Circuit, ablated_outputs, evaluate_circuits
+from mi_toolkit.analysis.circuits.graph import edge_graph
+from mi_toolkit.analysis.metrics import kl_to_clean
+from mi_toolkit.analysis.patching.targets import check_inputs
+from mi_toolkit.core.tl import HookedTransformer
+from mi_toolkit.core.types import Metric
+
+__all__ = ["ACDCResult", "acdc"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ACDCResult:
+    """The circuit ACDC keeps and what it took."""
+
+    circuit: Circuit
+    threshold: float
+    metric: float
+    """The metric of the final circuit (other edges ablated)."""
+    forward_passes: int
+    edges_tested: int
+    seconds: float
+
+
+@torch.no_grad()
+def acdc(
+    model: HookedTransformer,
+    clean_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "batch pos"] | None = None,
+    *,
+    threshold: float = 0.01,
+    metric: Metric | None = None,
+    ablation: str = "corrupted",
+    max_rows: int = 1024,
+    seed: int = 0,
+    progress: bool = False,
+) -> ACDCResult:
+    """Run ACDC on ``model``'s edge graph.
+
+    Args:
+        model: the model.
+        clean_tokens: the input.
+        corrupted_tokens: the corrupted input (for ``ablation="corrupted"``).
+        threshold: tau: an edge is removed when removing it raises the metric by less than this.
+        metric: a distance from the clean run's behaviour (lower is closer; default KL divergence to the clean run
+            at the last position, :func:`mi_toolkit.analysis.metrics.kl_to_clean`). For a score where higher is
+            better, pass its negative.
+        ablation: what a removed edge's receiver reads instead (``mi_toolkit.analysis.circuits.ABLATIONS``).
+        max_rows: rows (tries x batch) per forward pass.
+        seed: seed of the resample ablation.
+        progress: a progress bar over receivers.
+
+    Returns:
+        :class:`ACDCResult`.
+    """
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    check_inputs(model, clean_tokens, clean_tokens if corrupted_tokens is None else corrupted_tokens, [], None)
+    started = time.perf_counter()
+    graph = edge_graph(model)
+    metric = kl_to_clean(model(clean_tokens)) if metric is None else metric
+    ablated = ablated_outputs(model, graph, clean_tokens, ablation, corrupted_tokens, seed=seed)
+    mask = graph.valid.clone()
+    current = evaluate_circuits(model, [Circuit(graph, mask)], clean_tokens, metric, ablated)[0].item()
+    passes, tested = 1, 0
+    per_pass = max(1, max_rows // len(clean_tokens))
+    order = list(range(len(graph.receivers)))[::-1]
+    for r in tqdm(order, disable=not progress, desc="ACDC", dynamic_ncols=True):
+        node = graph.node_of_receiver(r)
+        if node != "logits" and not mask[:, graph.sender_index[node]].any():
+            mask[r] = False  # the node's output reaches nothing: its inputs cannot matter
+            continue
+        pending = mask[r].nonzero().flatten().tolist()[::-1]  # senders, latest first
+        while pending:
+            tries = []
+            for k in range(min(per_pass, len(pending))):
+                trial = mask.clone()
+                trial[r, pending[: k + 1]] = False
+                tries.append(Circuit(graph, trial))
+            values = evaluate_circuits(model, tries, clean_tokens, metric, ablated, max_rows=max_rows).tolist()
+            passes += 1
+            for k, value in enumerate(values):
+                tested += 1
+                if value - current < threshold:  # removing it costs less than tau: it goes
+                    mask[r, pending[k]] = False
+                    current = value
+                else:
+                    pending = pending[k + 1 :]
+                    break
+            else:
+                pending = pending[len(values) :]
+    return ACDCResult(Circuit(graph, mask), threshold, current, passes, tested,
+                      round(time.perf_counter() - started, 3))

@@ -1,0 +1,157 @@
+"""A score for every edge: what removing it does to a metric, exactly (many edges per forward pass) or from
+gradients (edge attribution patching, EAP, and its integrated-gradients version, EAP-IG).
+
+Convention (removing an edge, as ACDC does): ``score(u -> v) = metric(clean run in which only receiver v reads
+sender u's corrupted output) - metric(clean run)``. EAP estimates it to first order from the gradient at the clean
+run (Syed et al. 2023): ``(u_corrupted - u_clean) . d metric / d input_v``; EAP-IG averages that gradient over
+``ig_steps`` points on the straight line between the clean and the corrupted input embeddings (Hanna et al. 2024),
+which helps where the gradient at the clean run is flat (a KL divergence to the clean run has zero gradient there).
+"""
+
+import collections.abc
+import dataclasses
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mi_toolkit.analysis.circuits._engine import one_edge_logits, patched_logits, receiver_gradients, sender_outputs
+from mi_toolkit.analysis.circuits.graph import EdgeGraph, edge_graph
+from mi_toolkit.analysis.patching.targets import check_inputs
+from mi_toolkit.core.tl import HookedTransformer
+from mi_toolkit.core.types import Metric
+
+__all__ = ["EdgeScores", "edge_scores"]
+
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EdgeScores(collections.abc.Mapping):
+    """Edge scores, read as a mapping ``{(sender, receiver): score}`` or as a tensor.
+
+    ``tensor[r, s]`` (``[r, s, pos]`` with ``per_position``) is the score of ``graph.senders[s] ->
+    graph.receivers[r]``; non-edges hold 0.
+    """
+
+    graph: EdgeGraph
+    tensor: Tensor
+    method: str
+    clean_metric: float
+    """``metric(clean run)``: a score plus this is the metric with the edge removed."""
+
+    def __getitem__(self, edge: tuple[str, str]) -> float | Tensor:
+        r, s = self.graph.index(edge)
+        value = self.tensor[r, s]
+        return value.item() if value.ndim == 0 else value
+
+    def __iter__(self):
+        return iter(self.graph.edges)
+
+    def __len__(self) -> int:
+        return self.graph.n_edges
+
+    def flat(self) -> Float[Tensor, " n_edges"]:
+        """The scores in the order of ``graph.edges`` (summed over positions for per-position scores)."""
+        values = self.tensor if self.tensor.ndim == 2 else self.tensor.sum(-1)
+        return values[self.graph.valid.to(values.device)]
+
+    def top(self, n: int) -> list[tuple[str, str]]:
+        """The ``n`` edges with the largest absolute score, largest first."""
+        order = self.flat().abs().argsort(descending=True)[:n].tolist()
+        edges = self.graph.edges
+        return [edges[i] for i in order]
+
+
+def edge_scores(
+    model: HookedTransformer,
+    clean_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "_batch _pos"],  # checked against clean_tokens with a clear error
+    metric: Metric,
+    method: str = "exact",
+    *,
+    per_position: bool = False,
+    ig_steps: int = 5,
+    max_rows: int = 256,
+    progress: bool = False,
+) -> EdgeScores:
+    """Score every edge of ``model``'s graph (:func:`~mi_toolkit.analysis.circuits.edge_graph`).
+
+    Args:
+        model: any ``HookedTransformer`` with plain pre-norm blocks.
+        clean_tokens: the input that is run.
+        corrupted_tokens: the input whose sender outputs replace the clean ones on the removed edge; same shape.
+        metric: logits -> scalar (from :mod:`mi_toolkit.analysis.metrics`, e.g. ``kl_to_clean`` or ``logit_diff``).
+        method: ``"exact"`` (one patched copy of the batch per edge, many per forward pass), ``"eap"`` (one
+            corrupted forward, one clean forward and backward) or ``"eap-ig"`` (``ig_steps`` forward and backward
+            copies along the interpolation, in one pass).
+        per_position: score each edge at each position separately (``tensor[r, s, pos]``).
+        ig_steps: points of the EAP-IG path (midpoints of ``ig_steps`` equal segments).
+        max_rows: exact only: rows (copies x batch) per forward pass, which bounds memory.
+        progress: exact only: a progress bar over forward passes.
+
+    Returns:
+        :class:`EdgeScores`.
+
+    Raises:
+        ValueError: mismatched or out-of-vocabulary tokens, an unknown method, an unsupported architecture.
+    """
+    if method not in ("exact", "eap", "eap-ig"):
+        raise ValueError(f"method must be 'exact', 'eap' or 'eap-ig', got {method!r}")
+    if ig_steps < 1 or max_rows < 1:
+        raise ValueError(f"ig_steps and max_rows must be >= 1; got {ig_steps} and {max_rows}")
+    check_inputs(model, clean_tokens, corrupted_tokens, [], None)
+    graph = edge_graph(model)
+    if method == "eap":  # one batched forward pass (clean with gradient, corrupted without) and one backward
+        grads, both, base = receiver_gradients(model, graph, clean_tokens, metric, also=corrupted_tokens)
+        clean, corrupted = both.split(len(clean_tokens), dim=1)
+    else:
+        clean = sender_outputs(model, graph, clean_tokens)
+        corrupted = sender_outputs(model, graph, corrupted_tokens)
+        with torch.no_grad():
+            base = metric(model(clean_tokens)).item()
+    if method == "exact":
+        scores = _exact(model, graph, clean_tokens, clean, corrupted, metric, base, per_position, max_rows,
+                        progress)
+    else:
+        if method == "eap-ig":
+            alphas = (torch.arange(ig_steps, device=clean.device, dtype=clean.dtype) + 0.5) / ig_steps
+            path = clean[0] + alphas[:, None, None, None] * (corrupted[0] - clean[0])
+            grads = receiver_gradients(model, graph, clean_tokens, metric, embeddings=path).grads / ig_steps
+        equation = "sbpd,rbpd->rsp" if per_position else "sbpd,rbpd->rs"
+        scores = torch.einsum(equation, corrupted - clean, grads)
+        scores = scores * graph.valid.to(scores.device).reshape(*graph.valid.shape, *[1] * (scores.ndim - 2))
+    return EdgeScores(graph, scores.detach(), method, base)
+
+
+@torch.no_grad()
+def _exact(model, graph: EdgeGraph, tokens, clean, corrupted, metric, base, per_position, max_rows, progress) -> Tensor:
+    """One patched copy per edge (per position), grouped by the receiver's block so that each pass restarts there."""
+    batch, n_pos = tokens.shape
+    n_layers = model.cfg.n_layers
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
+    _, cache = model.run_with_cache(tokens, names_filter=names)
+    starts = [cache[name] for name in names]
+    if model.cfg.positional_embedding_type == "shortformer":  # attention re-reads the positions: no restart
+        starts = None
+    deltas = corrupted - clean
+    edges = graph.valid.nonzero().tolist()  # receiver-major: receivers (and so blocks) in order
+    patches = [(r, s, p) for r, s in edges for p in (range(n_pos) if per_position else [None])]
+    per_pass = max(1, max_rows // batch)
+    chunks = []
+    for layer in range(n_layers + 1):
+        mine = [patch for patch in patches if graph.receiver_layer[patch[0]] == layer]
+        chunks += [(layer, mine[i : i + per_pass]) for i in range(0, len(mine), per_pass)]
+    scores = torch.zeros(*graph.valid.shape, *([n_pos] if per_position else []), device=corrupted.device)
+    for layer, chunk in tqdm(chunks, disable=not progress, desc="exact edge scores", dynamic_ncols=True):
+        if starts is None:
+            removed = torch.zeros(len(chunk), *graph.valid.shape, n_pos, device=corrupted.device)
+            for c, (r, s, p) in enumerate(chunk):
+                removed[c, r, s, slice(None) if p is None else p] = 1
+            logits = patched_logits(model, graph, tokens, removed, corrupted)
+        else:
+            logits = one_edge_logits(model, graph, layer, starts[layer], chunk, deltas)
+        for c, (r, s, p) in enumerate(chunk):
+            value = metric(logits[c * batch : (c + 1) * batch]) - base
+            scores[(r, s) if p is None else (r, s, p)] = value
+    return scores

@@ -1,0 +1,263 @@
+"""Causal tracing (Meng et al. 2022) and attention knockout (Geva et al. 2023): where a model recalls a fact.
+
+Causal tracing runs the prompt clean, then with Gaussian noise (``noise`` standard deviation, by convention 3 x the
+standard deviation of the subject tokens' embeddings: :func:`noise_level`) added to the subject tokens' embeddings,
+then noised again with one clean state restored: the residual stream after a layer, or the output of the MLP or of
+attention in a window of layers around it, at one position. The indirect effect of a state is
+``P_restored(answer) - P_noised(answer)``; the total effect is ``P_clean(answer) - P_noised(answer)``.
+
+The sweep is vectorised like :mod:`mi_toolkit.analysis.patching`: the noised batch (``n_samples`` noise draws) is
+repeated once per restored state, as many copies per forward pass as ``max_rows`` allows, and one hook per layer
+writes the clean state into the copies that restore it. Each pass restarts from the noised run's residual stream
+at the first layer its restores touch (the layers before it are the noised run's), so a pass costs what remains of
+the model. Restores before the first subject position cannot change anything in a causal model (the noise has not
+reached them), so they are not run and score ``P_noised`` exactly.
+
+Attention knockout blocks the answer position from attending to chosen positions (the subject) in a window of
+layers, one window per copy in one forward pass, and records the relative change of ``P(answer)``.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from mi_toolkit.core.tl import HookedTransformer, get_act_name
+
+__all__ = ["KINDS", "Knockout", "Trace", "attention_knockout", "causal_trace", "noise_level", "trace_noise",
+           "window_layers"]
+
+KINDS = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
+"""What a trace restores, and the activation it names: the residual stream after each layer, the MLP's output, or
+attention's output."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Trace:
+    """One causal trace: ``scores[layer, pos]`` is ``P(answer)`` with the subject noised and that state restored
+    (mean over the noise samples)."""
+
+    kind: str
+    window: int
+    scores: Float[Tensor, "layer pos"]
+    clean_prob: float
+    noised_prob: float
+    subject_positions: tuple[int, ...]
+
+    @property
+    def indirect_effect(self) -> Float[Tensor, "layer pos"]:
+        """``P_restored - P_noised`` for every restored state."""
+        return self.scores - self.noised_prob
+
+    @property
+    def total_effect(self) -> float:
+        """``P_clean - P_noised``."""
+        return self.clean_prob - self.noised_prob
+
+    @property
+    def peak(self) -> tuple[int, int]:
+        """``(layer, position)`` of the largest indirect effect."""
+        index = int(self.scores.argmax())
+        return index // self.scores.shape[1], index % self.scores.shape[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Knockout:
+    """Attention knockout: ``relative_change[layer]`` is ``P_blocked / P_clean - 1`` with the edges from ``query``
+    to ``blocked`` cut in the window of layers around ``layer``."""
+
+    relative_change: Float[Tensor, " layer"]
+    clean_prob: float
+    blocked: tuple[int, ...]
+    query: int
+    window: int
+
+
+def noise_level(model: HookedTransformer, tokens: Int[Tensor, " n"], factor: float = 3.0) -> float:
+    """``factor`` x the standard deviation of the embeddings of ``tokens`` (e.g. every subject's name tokens)."""
+    _check_vocab(model, tokens)
+    return factor * model.W_E[tokens].std().item()
+
+
+def trace_noise(n_samples: int, n_subject: int, d_model: int, noise: float, seed: int) -> Float[Tensor, "sample n d"]:
+    """The noise every trace with this ``seed`` adds: ``noise * N(0, 1)`` of shape ``[n_samples, n_subject,
+    d_model]``, drawn on the CPU from ``torch.Generator().manual_seed(seed)``."""
+    gen = torch.Generator().manual_seed(seed)
+    return noise * torch.randn(n_samples, n_subject, d_model, generator=gen)
+
+
+def window_layers(layer: int, window: int, n_layers: int) -> range:
+    """The layers restored (or knocked out) for ``layer``: ``window`` layers around it, as in ROME's code."""
+    return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
+
+
+@torch.no_grad()
+def causal_trace(
+    model: HookedTransformer,
+    tokens: Int[Tensor, " pos"],
+    subject_positions: Sequence[int],
+    answer: int,
+    *,
+    kind: str = "resid",
+    window: int = 1,
+    noise: float | None = None,
+    n_samples: int = 10,
+    seed: int = 0,
+    max_rows: int = 2048,
+) -> Trace:
+    """Trace one prompt: restore each state ``(layer, position)`` of ``kind`` in turn into the noised run.
+
+    Args:
+        model: any ``HookedTransformer``.
+        tokens: one prompt; the answer is read at its last position.
+        subject_positions: the positions whose token embeddings are noised.
+        answer: the token whose probability is traced.
+        kind: ``"resid"`` (window 1 only), ``"mlp"`` or ``"attn"`` (:data:`KINDS`).
+        window: for ``"mlp"`` / ``"attn"``, restore this many layers around each layer (:func:`window_layers`).
+        noise: standard deviation of the noise (default ``noise_level`` of the prompt's subject tokens).
+        n_samples: noise draws; each restore is scored by the mean probability over them.
+        seed: seeds the noise (:func:`trace_noise`).
+        max_rows: rows (restores x samples) per forward pass.
+
+    Returns:
+        A :class:`Trace` with ``scores`` ``[n_layers, pos]``.
+
+    Raises:
+        ValueError: unknown kind, bad window, positions or tokens out of range, before any forward pass.
+    """
+    tokens, subject = _check(model, tokens, subject_positions, answer)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+    if window < 1 or (kind == "resid" and window != 1):
+        raise ValueError(f"window must be >= 1 (and 1 for kind='resid'), got {window}")
+    if n_samples < 1 or max_rows < n_samples:
+        raise ValueError(f"need n_samples >= 1 and max_rows >= n_samples, got {n_samples}, {max_rows}")
+    n_layers, n_pos, device = model.cfg.n_layers, len(tokens), tokens.device
+    names = [get_act_name(KINDS[kind], layer) for layer in range(n_layers)]
+    logits, cache = model.run_with_cache(tokens[None], names_filter=lambda name: name in names)
+    clean_prob = logits[0, -1].softmax(-1)[answer].item()
+    clean = [cache[name][0] for name in names]  # each (pos, d_model)
+    if noise is None:
+        noise = noise_level(model, tokens[list(subject)])
+    draws = trace_noise(n_samples, len(subject), model.cfg.d_model, noise, seed).to(device, model.cfg.dtype)
+    # The noised run, keeping each layer's input: a pass whose first restore is in layer s starts there.
+    starts = [get_act_name("resid_pre", layer) for layer in range(n_layers)]
+    index = torch.tensor(subject, device=device)
+
+    def add_noise(embed: Tensor, hook) -> Tensor:
+        embed = embed.clone()
+        embed[:, index] += draws
+        return embed
+
+    with model.hooks(fwd_hooks=[("hook_embed", add_noise)]):
+        logits, noised_cache = model.run_with_cache(tokens[None].expand(n_samples, -1),
+                                                    names_filter=lambda name: name in starts)
+    noised_prob = logits[:, -1].softmax(-1)[:, answer].mean().item()
+
+    # Restores (layer, pos), grouped by the first layer they touch; those before the first subject position are
+    # no-ops (the noise has not reached them) and keep P_noised.
+    first = min(subject)
+    scores = torch.full((n_layers, n_pos), noised_prob)
+    per_pass = max_rows // n_samples
+    for start in range(n_layers):
+        group = [(layer, pos) for layer in range(n_layers) for pos in range(first, n_pos)
+                 if window_layers(layer, window, n_layers)[0] == start]
+        for offset in range(0, len(group), per_pass):
+            chunk = group[offset : offset + per_pass]
+            masks = torch.zeros(n_layers, len(chunk), n_pos, dtype=torch.bool)  # (layer, copy, pos): restore here
+            for c, (layer, pos) in enumerate(chunk):
+                masks[list(window_layers(layer, window, n_layers)), c, pos] = True
+            masks = masks.to(device)
+            hooks = [(names[layer], _restore_hook(clean[layer], masks[layer], n_samples))
+                     for layer in range(n_layers) if masks[layer].any()]
+            resid = noised_cache[starts[start]].repeat(len(chunk), 1, 1)  # (copy * sample, pos, d_model)
+            with model.hooks(fwd_hooks=hooks):
+                logits = model(resid, start_at_layer=start)
+            probs = logits[:, -1].softmax(-1)[:, answer].view(len(chunk), n_samples).mean(1).cpu()
+            for c, (layer, pos) in enumerate(chunk):
+                scores[layer, pos] = probs[c]
+    return Trace(kind, window, scores, clean_prob, noised_prob, subject)
+
+
+def _restore_hook(clean: Float[Tensor, "pos d_model"], mask: Tensor, n_samples: int):
+    """Write ``clean`` into the positions ``mask[copy, pos]`` of every sample of each copy."""
+
+    def hook(act: Tensor, hook) -> Tensor:
+        copies = mask.shape[0]
+        act = act.view(copies, n_samples, *act.shape[1:])  # (copy, sample, pos, d_model)
+        return torch.where(mask[:, None, :, None], clean, act).flatten(0, 1)
+
+    return hook
+
+
+@torch.no_grad()
+def attention_knockout(
+    model: HookedTransformer,
+    tokens: Int[Tensor, " pos"],
+    blocked: Sequence[int],
+    answer: int,
+    *,
+    query: int = -1,
+    window: int = 1,
+) -> Knockout:
+    """Block ``query`` (default the last position) from attending to ``blocked`` in every head of a window of
+    layers, for the window around each layer in turn (one forward pass: one copy per layer).
+
+    Args:
+        model: any ``HookedTransformer``.
+        tokens: one prompt.
+        blocked: key positions cut off (e.g. the subject's).
+        answer: the token whose probability is measured.
+        query: the attending position.
+        window: layers per knockout (:func:`window_layers`).
+
+    Returns:
+        A :class:`Knockout` with the relative change of ``P(answer)`` per layer.
+    """
+    tokens, blocked = _check(model, tokens, blocked, answer)
+    n_layers, n_pos = model.cfg.n_layers, len(tokens)
+    query = query % n_pos
+    if query in blocked or max(blocked) > query or window < 1:
+        raise ValueError(f"blocked positions {blocked} must precede the query {query}; window must be >= 1")
+    clean_prob = model(tokens[None])[0, -1].softmax(-1)[answer].item()
+    index = torch.tensor(blocked, device=tokens.device)
+
+    def block(rows: list[int]):
+        def hook(scores: Tensor, hook) -> Tensor:  # (batch, head_index, query_pos, key_pos)
+            scores = scores.clone()
+            cut = scores[rows, :, query]
+            cut[..., index] = float("-inf")
+            scores[rows, :, query] = cut
+            return scores
+
+        return hook
+
+    hooks = [(get_act_name("attn_scores", layer),
+              block([row for row in range(n_layers) if layer in window_layers(row, window, n_layers)]))
+             for layer in range(n_layers)]
+    with model.hooks(fwd_hooks=hooks):
+        probs = model(tokens[None].expand(n_layers, -1))[:, -1].softmax(-1)[:, answer]
+    return Knockout((probs / clean_prob - 1).cpu(), clean_prob, blocked, query, window)
+
+
+def _check(model, tokens, positions, answer) -> tuple[Tensor, tuple[int, ...]]:
+    if tokens.ndim == 2 and tokens.shape[0] == 1:
+        tokens = tokens[0]
+    if tokens.ndim != 1:
+        raise ValueError(f"expected one prompt, tokens of shape [pos], got {tuple(tokens.shape)}")
+    _check_vocab(model, tokens)
+    n_pos = len(tokens)
+    positions = tuple(int(p) % n_pos if -n_pos <= int(p) < n_pos else n_pos for p in positions)
+    if not positions or max(positions) >= n_pos or len(set(positions)) != len(positions):
+        raise ValueError(f"positions must be distinct and inside the prompt of length {n_pos}")
+    if not 0 <= int(answer) < model.cfg.d_vocab_out:
+        raise ValueError(f"answer {answer} is outside the vocabulary [0, {model.cfg.d_vocab_out})")
+    return tokens.to(model.W_E.device), positions
+
+
+def _check_vocab(model, tokens) -> None:
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= model.cfg.d_vocab):
+        raise ValueError(f"tokens must lie in [0, {model.cfg.d_vocab}), got [{int(tokens.min())}, "
+                         f"{int(tokens.max())}]")
