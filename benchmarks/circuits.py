@@ -136,8 +136,9 @@ def main():
     reference = peak_extra_mb(gradient)
     memory = {m: peak_extra_mb(lambda m=m: circuits.edge_scores(big, big_clean, big_corrupted, big_metric, m))
               for m in ("eap", "eap-ig", "exact")}
+    ratio = (lambda mb: f" ({mb / reference:.1f}x)" if mb and reference else "")  # noqa: E731  (None off Linux)
     print(f"   peak extra memory, 4-layer model: one forward + backward of the model {reference} MB; "
-          + ", ".join(f"{m} {mb} MB ({mb / reference:.1f}x)" for m, mb in memory.items()))
+          + ", ".join(f"{m} {mb} MB{ratio(mb)}" for m, mb in memory.items()))
 
     print("\n2. Agreement with exact edge scores")
     for name, (model, clean, corrupted, metric, *_rest) in models.items():

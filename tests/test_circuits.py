@@ -388,3 +388,42 @@ def test_circuit_figures(tiny_mlp_ln_model, pair):
     assert heat.data[0].z.shape == tuple(scores.graph.valid.shape)
     curve = faithfulness_curve(model, scores, clean, metric, [2, 6], corrupted_tokens=corrupted, n_random=2)
     assert len(mt.plot.faithfulness_curves({"EAP": curve}).data) == 4
+
+
+def test_eap_is_the_derivative_of_exact_patching(tiny_mlp_ln_model, pair):
+    """EAP = d/dt metric(edge carries clean + t (corrupted - clean)) at t = 0, by central differences through the
+    general edge engine (LayerNorm and MLPs make it nonlinear)."""
+    model, (clean, corrupted) = tiny_mlp_ln_model, pair
+    metric = mt.metrics.logit_diff(clean[:, -1], corrupted[:, -1])
+    g = edge_graph(model)
+    eap = edge_scores(model, clean, corrupted, metric, "eap")
+    base, moved = sender_outputs(model, g, clean), sender_outputs(model, g, corrupted)
+    eps = 1e-2
+    for edge in g.edges[::9]:
+        removed = torch.zeros(2, *g.valid.shape, clean.shape[1])
+        removed[:, g.index(edge)[0], g.index(edge)[1]] = 1
+        ups = [metric(patched_logits(model, g, clean, removed[:1], base + t * (moved - base))).item()
+               for t in (eps, -eps)]
+        derivative = (ups[0] - ups[1]) / (2 * eps)
+        assert eap[edge] == pytest.approx(derivative, rel=1e-2, abs=1e-4), edge
+
+
+def test_edge_scores_behave_as_a_mapping_and_bad_calls_fail_early(tiny_mlp_ln_model, pair):
+    model, (clean, corrupted) = tiny_mlp_ln_model, pair
+    metric = mt.metrics.logit_diff(clean[:, -1], corrupted[:, -1])
+    scores = edge_scores(model, clean, corrupted, metric, "eap", per_position=True)
+    assert ("input", "logits") in scores and ("m1", "a0.h0.q") not in scores and scores.get(("x", "y")) is None
+    assert len(scores) == scores.graph.n_edges == len(list(scores))
+    fig = mt.plot.circuit_graph(Circuit.top_n(scores, 4), scores)  # per-position scores are summed for the widths
+    assert len(fig.data) == 5
+    with pytest.raises(ValueError, match="threshold"):
+        acdc(model, clean, corrupted, threshold=0.0)
+    with pytest.raises(ValueError, match="undefined"):
+        faithfulness(model, Circuit.full(scores.graph), clean, metric, "corrupted", clean)
+    with pytest.raises(ValueError, match="per-example"):
+        faithfulness_curve(model, scores, clean, lambda logits: logits.sum(), [2], corrupted_tokens=corrupted)
+    hypothesis = Hypothesis((("input", "logits"),), {"input": token_feature(0)})
+    with pytest.raises(ValueError, match="pool holds"):
+        causal_scrub(model, clean, mt.metrics.loss(clean), hypothesis, torch.cat([clean, corrupted]))
+    with pytest.raises(ValueError, match="feature"):
+        causal_scrub(model, clean, mt.metrics.loss(clean), Hypothesis((("a0.h1", "logits"),), {}), corrupted)

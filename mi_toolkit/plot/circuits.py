@@ -30,7 +30,8 @@ def circuit_graph(circuit, scores=None, *, title: str = "Circuit") -> go.Figure:
     graph = circuit.graph
     pos = _node_positions(graph)
     edges = circuit.edges
-    values = {edge: abs(scores[edge]) if scores is not None else 1.0 for edge in edges}
+    score = {edge: float(torch.as_tensor(scores[edge]).sum()) for edge in edges} if scores is not None else {}
+    values = {edge: abs(score[edge]) if scores is not None else 1.0 for edge in edges}
     top = max(values.values(), default=1.0) or 1.0
     fig = go.Figure()
     shown = set()
@@ -38,7 +39,7 @@ def circuit_graph(circuit, scores=None, *, title: str = "Circuit") -> go.Figure:
         kind = receiver.rsplit(".", 1)[1] if receiver.count(".") == 2 else ("logits" if receiver == "logits" else "mlp")
         node = receiver.rsplit(".", 1)[0] if receiver.count(".") == 2 else receiver
         (x0, y0), (x1, y1) = pos[sender], pos[node]
-        label = f"{sender} → {receiver}" + (f": {scores[(sender, receiver)]:.4g}" if scores is not None else "")
+        label = f"{sender} → {receiver}" + (f": {score[(sender, receiver)]:.4g}" if scores is not None else "")
         bend = {"q": 0.2, "k": 0.0, "v": -0.2}.get(kind, 0.0)  # q, k and v edges between one pair stay apart
         fig.add_trace(go.Scatter(
             x=[x0, (x0 + x1) / 2, x1], y=[y0, (y0 + y1) / 2 + bend, y1],

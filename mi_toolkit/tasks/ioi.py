@@ -26,6 +26,7 @@ from mi_toolkit.core.tl import HookedTransformer
 __all__ = ["BOS", "END", "IOITask"]
 
 BOS, END = 0, 1
+_PAIR_SEEDS = 2**40
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +109,7 @@ class IOITask:
             ``(clean, corrupted, clean_answer, corrupted_answer)``; the logit difference
             ``logit(clean_answer) - logit(corrupted_answer)`` at the last position flips sign between them.
         """
-        clean, answer = self.sequences(batch, seed=seed)
+        clean, answer = self.sequences(batch, seed=_PAIR_SEEDS + seed)  # apart from every training batch's seed
         rows, last = torch.arange(batch, device=clean.device), self._subject_place(clean)
         subject = clean[rows, last]
         corrupted = clean.clone()

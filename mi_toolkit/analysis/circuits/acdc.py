@@ -59,7 +59,7 @@ def acdc(
         model: the model.
         clean_tokens: the input.
         corrupted_tokens: the corrupted input (for ``ablation="corrupted"``).
-        threshold: tau: an edge is removed when removing it raises the metric by less than this.
+        threshold: tau (> 0): an edge is removed when removing it raises the metric by less than this.
         metric: a distance from the clean run's behaviour (lower is closer; default KL divergence to the clean run
             at the last position, :func:`mi_toolkit.analysis.metrics.kl_to_clean`). For a score where higher is
             better, pass its negative.
@@ -71,8 +71,8 @@ def acdc(
     Returns:
         :class:`ACDCResult`.
     """
-    if threshold < 0:
-        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    if threshold <= 0:  # at 0 the dead-node shortcut would drop edges that sequential ACDC keeps
+        raise ValueError(f"threshold must be > 0, got {threshold}")
     check_inputs(model, clean_tokens, clean_tokens if corrupted_tokens is None else corrupted_tokens, [], None)
     started = time.perf_counter()
     graph = edge_graph(model)

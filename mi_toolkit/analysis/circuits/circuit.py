@@ -173,7 +173,14 @@ def faithfulness(
     empty = Circuit(circuit.graph, torch.zeros_like(circuit.mask))
     m_c, m_empty, m_full = evaluate_circuits(
         model, [circuit, empty, Circuit.full(circuit.graph)], clean_tokens, metric, ablated).tolist()
+    _check_spread(m_full, m_empty, ablation)
     return (m_c - m_empty) / (m_full - m_empty)
+
+
+def _check_spread(full: float, empty: float, ablation: str) -> None:
+    if abs(full - empty) <= 1e-5 * max(1.0, abs(full)):  # float32 rounding of the same run
+        raise ValueError(f"the metric is {full} with every edge and {empty} with none ({ablation} ablation): "
+                         "faithfulness is undefined; choose inputs or a metric that tell them apart")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,6 +226,13 @@ def faithfulness_curve(
     """
     if how not in ("top", "greedy"):
         raise ValueError(f"how must be 'top' or 'greedy', got {how!r}")
+    if n_random < 1 or n_bootstrap < 1 or not 0 < level < 1 or not n_edges:
+        raise ValueError(f"need n_edges, n_random >= 1, n_bootstrap >= 1 and 0 < level < 1; got {list(n_edges)}, "
+                         f"{n_random}, {n_bootstrap}, {level}")
+    if not hasattr(metric, "per_example"):
+        raise ValueError("bootstrap intervals need a metric with per-example values (the metrics of mt.metrics "
+                         "have them: metric.per_example)")
+    check_inputs(model, clean_tokens, clean_tokens if corrupted_tokens is None else corrupted_tokens, [], None)
     graph = scores.graph
     build = Circuit.top_n if how == "top" else Circuit.greedy
     gen = torch.Generator().manual_seed(seed)
@@ -234,6 +248,7 @@ def faithfulness_curve(
     ablated = ablated_outputs(model, graph, clean_tokens, ablation, corrupted_tokens, seed=seed)
     values = evaluate_circuits(model, circuits, clean_tokens, metric, ablated, per_example=True).cpu()
     empty, full = values[-2], values[-1]
+    _check_spread(full.mean().item(), empty.mean().item(), ablation)
     k = len(n_edges)
     top = values[:k]
     rows = torch.randint(0, values.shape[1], (n_bootstrap, values.shape[1]), generator=gen)

@@ -31,9 +31,17 @@ from torch import Tensor
 from mi_toolkit.core.architectures import REQUIREMENTS
 from mi_toolkit.core.tl import HookedTransformer
 
-__all__ = ["EdgeGraph", "edge_graph"]
+__all__ = ["EdgeGraph", "NotAnEdge", "edge_graph"]
 
 _NEEDS = ("plain transformer blocks", "multi-head attention (no grouped queries)", "pre-norm blocks")
+
+
+class NotAnEdge(KeyError, ValueError):
+    """An unknown sender or receiver, or a pair that is not an edge (a ``KeyError``, so ``edge in scores`` is
+    False, and a ``ValueError`` for bad input)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +83,12 @@ class EdgeGraph:
         """``(receiver, sender)`` indices of an edge ``(sender, receiver)``; a clear error for a non-edge."""
         sender, receiver = edge
         if sender not in self.sender_index:
-            raise ValueError(f"unknown sender {sender!r}; senders are 'input', 'a{{L}}.h{{H}}' and 'm{{L}}'")
+            raise NotAnEdge(f"unknown sender {sender!r}; senders are 'input', 'a{{L}}.h{{H}}' and 'm{{L}}'")
         if receiver not in self.receiver_index:
-            raise ValueError(f"unknown receiver {receiver!r}; receivers are 'a{{L}}.h{{H}}.q/k/v', 'm{{L}}', 'logits'")
+            raise NotAnEdge(f"unknown receiver {receiver!r}; receivers are 'a{{L}}.h{{H}}.q/k/v', 'm{{L}}', 'logits'")
         r, s = self.receiver_index[receiver], self.sender_index[sender]
         if not self.valid[r, s]:
-            raise ValueError(f"{sender!r} -> {receiver!r} is not an edge: the sender does not come before the receiver")
+            raise NotAnEdge(f"{sender!r} -> {receiver!r} is not an edge: the sender does not come before the receiver")
         return r, s
 
     def mask(self, edges) -> Bool[Tensor, "n_receivers n_senders"]:
@@ -109,6 +117,8 @@ def check_supported(model: HookedTransformer) -> None:
     unmet = [name for name in _NEEDS if not REQUIREMENTS[name](model, None)]
     if model.cfg.use_normalization_before_and_after:
         unmet.append("no LayerNorm after attention and MLP")
+    if getattr(model.cfg, "load_in_4bit", False):
+        unmet.append("unquantised weights (a head's output is computed from W_O)")
     if unmet:
         raise ValueError(f"edge-level circuits need a model with {unmet}; this model does not have them")
 

@@ -132,8 +132,10 @@ def _exact(model, graph: EdgeGraph, tokens, clean, corrupted, metric, base, per_
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
     _, cache = model.run_with_cache(tokens, names_filter=names)
     starts = [cache[name] for name in names]
-    if model.cfg.positional_embedding_type == "shortformer":  # attention re-reads the positions: no restart
-        starts = None
+    tokenizer = getattr(model, "tokenizer", None)
+    if (model.cfg.positional_embedding_type == "shortformer"  # attention re-reads the positions
+            or getattr(tokenizer, "padding_side", "right") == "left"):  # the full pass builds an attention mask
+        starts = None  # no restart: the general engine runs every copy from the tokens
     deltas = corrupted - clean
     edges = graph.valid.nonzero().tolist()  # receiver-major: receivers (and so blocks) in order
     patches = [(r, s, p) for r, s in edges for p in (range(n_pos) if per_position else [None])]

@@ -10,12 +10,15 @@ model computes, for an input ``x``, each receiver's input as the sum over its se
 - on any other edge, the sender's output on one random input from ``pool`` (the hypothesis says it is irrelevant).
 
 The hypothesis is tested by the loss it recovers, ``(L_random - L_scrubbed) / (L_random - L_model)``, where
-``L_random`` scrubs with the empty hypothesis (every edge into the logits resampled at random). A node's scrubbed
+``L_random`` scrubs with the empty hypothesis: every sender feeding the logits drawn from its own random input (not
+one random input for the whole model, which gives a higher loss and so a higher recovery). Draws with no agreeing
+input in the pool reuse the input itself and are counted in ``unmatched`` (a warning above 5%). A node's scrubbed
 instance is a full forward pass of its layer on its own resampled input, so the cost grows by a factor ``pos`` per
 level of the hypothesis; the input embeddings are a lookup and cost nothing.
 """
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -24,6 +27,7 @@ from torch import Tensor
 
 from mi_toolkit.analysis.circuits._engine import sender_hooks, sender_outputs, split_inputs
 from mi_toolkit.analysis.circuits.graph import EdgeGraph, edge_graph
+from mi_toolkit.analysis.patching.targets import check_inputs
 from mi_toolkit.core.tl import HookedTransformer
 from mi_toolkit.core.types import Metric
 
@@ -94,9 +98,9 @@ class _Scrubber:
         out = tokens[:, None].expand(rows, n_pos, n_pos).clone()
         for q in range(n_pos):
             match = labels[:, q, None] == pool_labels[None, :, q]  # (rows, pool)
-            score = torch.rand(match.shape, generator=self.gen, device=match.device).masked_fill(~match, -1.0)
-            best, found = score.argmax(1), match.any(1)
-            out[found, q] = self.pool[best[found]]
+            draw = torch.rand(match.shape, generator=self.gen).to(match.device)  # the generator lives on the CPU
+            best, found = draw.masked_fill(~match, -1.0).argmax(1), match.any(1)
+            out[found, q] = self.pool[best[found]].to(out.device)
             self.draws += rows
             self.unmatched += int((~found).sum())
         return out
@@ -116,7 +120,7 @@ class _Scrubber:
                     value = value.diagonal(dim1=1, dim2=2).movedim(-1, 1)  # (rows, pos, d_model)
             else:
                 pick = torch.randint(0, len(self.pool), (len(tokens),), generator=self.gen)
-                value = self.pool_outputs[s, pick.to(self.pool.device)]
+                value = self.pool_outputs[s, pick.to(self.pool_outputs.device)]
             out += value - actual[s]
         return out
 
@@ -249,8 +253,12 @@ def causal_scrub(
     """
     graph = edge_graph(model)
     hypothesis.check(graph)
-    if pool.shape[1] != tokens.shape[1]:
-        raise ValueError(f"pool sequences have length {pool.shape[1]}, tokens {tokens.shape[1]}")
+    if pool.ndim != 2 or pool.shape[1] != tokens.shape[1] or len(pool) < 2:
+        raise ValueError(f"pool must hold >= 2 sequences as long as tokens ({tokens.shape[1]}); got {tuple(pool.shape)}")
+    check_inputs(model, tokens, tokens, [], None)
+    check_inputs(model, pool, pool, [], None)
+    if (pool.to(tokens.device)[:, None] == tokens[None]).all(-1).any():
+        raise ValueError("pool holds some of the scrubbed sequences themselves: a draw could return the original input")
     if not hasattr(metric, "per_example"):
         raise ValueError("causal_scrub needs a metric with per-example values (the metrics of mt.metrics have them)")
     gen = torch.Generator().manual_seed(seed)
@@ -265,6 +273,9 @@ def causal_scrub(
         values.append(metric.per_example(logits))
         if h is hypothesis:
             unmatched = scrubber.unmatched / max(scrubber.draws, 1)
+    if unmatched > 0.05:
+        warnings.warn(f"{unmatched:.1%} of the draws found no input in the pool agreeing on the feature and reused "
+                      "the input itself, which leaks information: use a larger pool", stacklevel=2)
     scrubbed, random = values
     clean = metric.per_example(model(tokens))
     rows = torch.randint(0, len(tokens), (n_bootstrap, len(tokens)), generator=gen)
