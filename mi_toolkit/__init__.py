@@ -99,6 +99,10 @@ from mi_toolkit.experiments import grokking
 from mi_toolkit.analysis import tracing
 from mi_toolkit.analysis.tracing import attention_knockout, causal_trace
 from mi_toolkit.experiments import FactsConfig, load_packaged_fact_model, run_facts
+
+# --- a language model trained here on the standard library's source (the SAE replication's model) ---
+from mi_toolkit.experiments import LMConfig, run_lm
+from mi_toolkit.tasks import TextTask
 from mi_toolkit.interventions import editing
 from mi_toolkit.models import make_fact_model
 from mi_toolkit.tasks import facts

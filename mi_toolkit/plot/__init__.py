@@ -16,6 +16,7 @@ from mi_toolkit.plot.grokking import (
     progress_measures,
 )
 from mi_toolkit.plot.groups import irrep_overview, neuron_irreps
+from mi_toolkit.plot.lm import lm_training
 from mi_toolkit.plot.miiii import omega_curve, task_accuracies
 from mi_toolkit.plot.patching import attention_patterns, attribution_vs_activation, patching_heatmap
 from mi_toolkit.plot.sae import feature_activations, feature_density

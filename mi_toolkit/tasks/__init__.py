@@ -9,6 +9,7 @@ and ``evaluate(model)`` (the protocol of :func:`mi_toolkit.training.train`); tas
 - :mod:`~mi_toolkit.tasks.facts`: a synthetic knowledge base (``mt.facts``) and its CounterFact-style edit records;
   :mod:`~mi_toolkit.tasks.reversal`: its facts taught in one direction only (the reversal curse).
 - :mod:`~mi_toolkit.tasks.synthetic`: activations built from known sparse features (SAE recovery checks).
+- :mod:`~mi_toolkit.tasks.text`: Python source, a byte-pair tokenizer trained on it, next-token windows.
 """
 
 from mi_toolkit.tasks import groups
@@ -21,3 +22,4 @@ from mi_toolkit.tasks.ioi import IOITask
 from mi_toolkit.tasks.modular import OPERATIONS, ModularArithmetic, PairTask
 from mi_toolkit.tasks.multitask import MultiTaskModular
 from mi_toolkit.tasks.synthetic import GroundTruth, mmcs
+from mi_toolkit.tasks.text import TextTask
