@@ -19,7 +19,7 @@ from torch import Tensor
 from mi_toolkit.analysis.circuits.graph import EdgeGraph
 from mi_toolkit.core.tl import HookedTransformer
 
-__all__ = ["Gradients", "one_edge_logits", "patched_logits", "receiver_gradients", "sender_hooks", "sender_outputs", "split_inputs"]
+__all__ = ["Gradients", "one_edge_logits", "patched_logits", "receiver_gradients", "receiver_hook", "sender_hooks", "sender_outputs", "split_inputs"]
 
 
 @contextlib.contextmanager
@@ -62,18 +62,25 @@ def sender_hooks(model: HookedTransformer, record) -> list[tuple[str, object]]:
     return hooks
 
 
+def receiver_hook(graph: EdgeGraph, r: int) -> tuple[str, int | None]:
+    """The hook point whose activation is receiver ``r``'s input, and its head (None: the whole activation)."""
+    name = graph.receivers[r]
+    if name == "logits":
+        return f"blocks.{graph.n_layers - 1}.hook_resid_post", None
+    if name.count(".") == 0:
+        return f"blocks.{name[1:]}.hook_mlp_in", None
+    layer, head, kind = name[1:].split(".")
+    return f"blocks.{layer}.hook_{kind}_input", int(head[1:])
+
+
 def _receiver_groups(model: HookedTransformer, graph: EdgeGraph) -> list[tuple[str, list[int], bool]]:
-    """``(hook name, receiver indices, per head)`` for every receiver hook point."""
-    index = graph.receiver_index
-    groups = []
-    for layer in range(model.cfg.n_layers):
-        for kind in "qkv":
-            rows = [index[f"a{layer}.h{h}.{kind}"] for h in range(model.cfg.n_heads)]
-            groups.append((f"blocks.{layer}.hook_{kind}_input", rows, True))
-        if not model.cfg.attn_only:
-            groups.append((f"blocks.{layer}.hook_mlp_in", [index[f"m{layer}"]], False))
-    groups.append((f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", [index["logits"]], False))
-    return groups
+    """``(hook name, receiver indices, per head)`` for every receiver hook point, in the order the pass reaches
+    them (receivers are listed topologically, a hook's heads in order)."""
+    groups: dict[str, tuple[list[int], bool]] = {}
+    for r in range(len(graph.receivers)):
+        name, head = receiver_hook(graph, r)
+        groups.setdefault(name, ([], head is not None))[0].append(r)
+    return [(name, rows, per_head) for name, (rows, per_head) in groups.items()]
 
 
 @torch.no_grad()

@@ -25,13 +25,16 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mi_toolkit.analysis.circuits._engine import sender_hooks, sender_outputs, split_inputs
+from mi_toolkit.analysis.circuits._engine import receiver_hook, sender_hooks, sender_outputs, split_inputs
 from mi_toolkit.analysis.circuits.graph import EdgeGraph, edge_graph
 from mi_toolkit.analysis.patching.targets import check_inputs
+from mi_toolkit.core.activations import run_until
 from mi_toolkit.core.tl import HookedTransformer
 from mi_toolkit.core.types import Metric
 
 __all__ = ["Hypothesis", "ScrubResult", "causal_scrub", "token_feature"]
+
+_INPUT = "blocks.0.hook_resid_pre"  # the "input" sender: the residual stream entering block 0
 
 Feature = Callable[[Int[Tensor, "n pos"]], Int[Tensor, "n pos"]]
 
@@ -114,7 +117,7 @@ class _Scrubber:
             if (sender, self.graph.receivers[r]) in self.edges:
                 drawn = self.resample(tokens, sender)  # (rows, q, pos)
                 if sender == "input":  # position-local: the embedding at q of the token drawn for q
-                    value = _embedding(self.model, drawn.diagonal(dim1=1, dim2=2))
+                    value = run_until(self.model, drawn.diagonal(dim1=1, dim2=2), [_INPUT])[_INPUT]
                 else:  # one scrubbed instance per (row, q), read at q
                     value = self.output(sender, drawn.flatten(0, 1)).unflatten(0, drawn.shape[:2])
                     value = value.diagonal(dim1=1, dim2=2).movedim(-1, 1)  # (rows, pos, d_model)
@@ -132,34 +135,8 @@ class _Scrubber:
         return _run_node(self.model, self.graph, sender, tokens, inputs)
 
 
-def _embedding(model: HookedTransformer, tokens: Tensor) -> Tensor:
-    """The residual stream entering block 0 (the ``"input"`` sender)."""
-    captured = {}
-
-    def grab(x, hook):
-        captured["x"] = x
-        raise _Stop
-
-    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", grab)]):
-        try:
-            model(tokens, return_type=None)
-        except _Stop:
-            pass
-    return captured["x"]
-
-
 class _Stop(Exception):
     pass
-
-
-def _hook_of(graph: EdgeGraph, r: int) -> tuple[str, int | None]:
-    name = graph.receivers[r]
-    if name == "logits":
-        return f"blocks.{graph.n_layers - 1}.hook_resid_post", None
-    if name.count(".") == 0:
-        return f"blocks.{name[1:]}.hook_mlp_in", None
-    layer, head, kind = name[1:].split(".")
-    return f"blocks.{layer}.hook_{kind}_input", int(head[1:])
 
 
 def _actual_run(model, graph, tokens, receivers: list[int]) -> tuple[list[Tensor], dict[int, Tensor]]:
@@ -169,7 +146,7 @@ def _actual_run(model, graph, tokens, receivers: list[int]) -> tuple[list[Tensor
     inputs: dict[int, Tensor] = {}
     hooks = sender_hooks(model, outputs.extend)
     for r in receivers:
-        name, head = _hook_of(graph, r)
+        name, head = receiver_hook(graph, r)
 
         def grab(x, hook, r=r, head=head):
             inputs[r] = x if head is None else x[:, :, head]
@@ -190,7 +167,7 @@ def _run_node(model, graph, sender, tokens, inputs: dict[int, Tensor]) -> Tensor
     captured = {}
     hooks = []
     for r, value in inputs.items():
-        name, head = _hook_of(graph, r)
+        name, head = receiver_hook(graph, r)
 
         def replace(x, hook, value=value, head=head):
             if head is None:
@@ -268,7 +245,7 @@ def causal_scrub(
         r = graph.receiver_index["logits"]
         actual, base = _actual_run(model, graph, tokens, [r])
         resid = scrubber.receiver_input(r, tokens, actual, base[r])
-        name, _ = _hook_of(graph, r)
+        name, _ = receiver_hook(graph, r)
         logits = model.run_with_hooks(tokens, fwd_hooks=[(name, lambda x, hook, value=resid: value)])
         values.append(metric.per_example(logits))
         if h is hypothesis:
