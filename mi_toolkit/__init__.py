@@ -12,6 +12,7 @@ from mi_toolkit import analysis, core, experiments, interventions, models, plot,
 
 # --- concept modules, by their short names ---
 from mi_toolkit.analysis import circuits, fourier, metrics, patching, progress, superposition
+from mi_toolkit.analysis import probes
 from mi_toolkit.analysis import logit_attribution as attribution
 from mi_toolkit.analysis import sae as sae_eval
 from mi_toolkit.interventions import ablation, steering
@@ -106,6 +107,11 @@ from mi_toolkit.tasks import TextTask
 from mi_toolkit.interventions import editing
 from mi_toolkit.models import make_fact_model
 from mi_toolkit.tasks import facts
+
+# --- Othello world models and linear probes ---
+from mi_toolkit.experiments import OthelloConfig, othello, run_othello
+from mi_toolkit.interventions.probe_edits import probe_flip
+from mi_toolkit.tasks import OthelloTask
 
 # --- module names of the flat layout before 0.2 (moves listed in CHANGELOG.md) ---
 from mi_toolkit.core import forward as fast_forward

@@ -12,6 +12,9 @@
 - ``mi-toolkit lm --out DIR``: a byte-pair tokenizer and a one-layer language model (d_mlp 512) trained on the
   Python standard library's source; held-out loss against the unigram baseline. Exit status 0 when the held-out
   loss is below the baseline, 1 otherwise, 2 for bad input.
+- ``mi-toolkit othello --out DIR``: an Othello-GPT trained on random legal 6x6 games, probed ("mine / theirs /
+  empty" at every layer, with baselines) and edited along its probes. Exit status 0 when its top-1 move is legal in
+  at least 99% of held-out positions, 1 otherwise, 2 for bad input.
 - ``mi-toolkit sweep grokking --p 59,97,113 --seeds 0-4 --out DIR``: the same over a grid, on Ray. Exit status 0
   when every run grokked, 1 otherwise.
 """
@@ -136,6 +139,36 @@ def _lm(args: argparse.Namespace) -> int:
     return 0 if a["heldout_loss"] < a["unigram_loss"] else 1
 
 
+def _othello(args: argparse.Namespace) -> int:
+    from mi_toolkit.experiments.othello import OthelloConfig, run_othello
+
+    try:
+        config = OthelloConfig(preset=args.preset, size=args.size, seed=args.seed, steps=args.steps,
+                               device=args.device)
+        run = run_othello(args.out, config, progress=not args.quiet, report=not args.no_report)
+    except (ValueError, FileExistsError) as err:
+        print(f"mi-toolkit othello: {err}", file=sys.stderr)
+        return 2
+    a = run.analysis
+    best = max(a["probes"]["mine"], key=lambda row: row["test"])
+    print(json.dumps({"out": str(run.path), **{k: a[k] for k in ("legal_top1", "n_params", "steps", "games_seen",
+                                                                  "seconds")},
+                      "probe_mine": {k: best[k] for k in ("hook_name", "test", "test_occupied", "control",
+                                                          "random_model")},
+                      "edits": {k: a["edits"][k] for k in ("none", "probe", "random", "reduction")}}, indent=2))
+    if a["legal_top1"] < 0.99:
+        print(f"mi-toolkit othello: legal top-1 {a['legal_top1']:.4f} is below 0.99", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _device_and_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--quiet`` and ``--no-report``, which every experiment with a preset takes."""
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--no-report", action="store_true", help="skip report.html")
+
+
 def _int_list(text: str) -> list[int]:
     """``"59,97,113"`` or ``"0-4"`` (inclusive) or a mix: ``"0-2,7"``."""
     values = []
@@ -215,9 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--target-recall", type=float, default=0.99, help="stop training at this recall (default 0.99)")
     f.add_argument("--n-traced", type=int, default=32, help="facts traced for the heatmaps (default 32)")
     f.add_argument("--n-edits", type=int, default=20, help="ROME edits scored at the traced layer (default 20)")
-    f.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    f.add_argument("--quiet", action="store_true", help="no progress bar")
-    f.add_argument("--no-report", action="store_true", help="skip report.html")
+    _device_and_output_arguments(f)
     f.set_defaults(func=_facts)
 
     lm = sub.add_parser("lm", help="train a tokenizer and a one-layer language model on the standard library")
@@ -227,10 +258,19 @@ def main(argv: list[str] | None = None) -> int:
     lm.add_argument("--root", default=None, help="directory of *.py files (default: the standard library)")
     lm.add_argument("--seed", type=int, default=0, help="seeds the file split, the model and the batches")
     lm.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
-    lm.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    lm.add_argument("--quiet", action="store_true", help="no progress bar")
-    lm.add_argument("--no-report", action="store_true", help="skip report.html")
+    _device_and_output_arguments(lm)
     lm.set_defaults(func=_lm)
+
+    o = sub.add_parser("othello", help="train an Othello-GPT on random legal games; probe and edit its board")
+    o.add_argument("--out", required=True, help="run directory (new, empty, or an interrupted run to resume)")
+    o.add_argument("--preset", choices=["small", "tiny"], default="small",
+                   help="'small': 4 layers, d_model 128, ~8 minutes on 2 cores (default; the shipped model); "
+                        "'tiny': seconds")
+    o.add_argument("--size", type=int, default=6, help="board side, even, 4 to 8 (default 6)")
+    o.add_argument("--seed", type=int, default=0, help="seeds the model and the games (default 0)")
+    o.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
+    _device_and_output_arguments(o)
+    o.set_defaults(func=_othello)
 
     s = sub.add_parser("sweep", help="run an experiment over a grid of settings (on Ray where installed)")
     experiments = s.add_subparsers(dest="experiment", required=True)

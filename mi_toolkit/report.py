@@ -3,6 +3,8 @@
 import html
 from pathlib import Path
 
+import numpy as np
+
 from mi_toolkit import plot
 from mi_toolkit.analysis.fourier import (
     embedding_fourier_norms,
@@ -10,9 +12,11 @@ from mi_toolkit.analysis.fourier import (
     neuron_activations,
     neuron_clusters,
 )
+from mi_toolkit.analysis.othello import move_probabilities
 from mi_toolkit.tasks.irreps import character_table
+from mi_toolkit.tasks.othello import replay
 
-__all__ = ["grokking_summary_html", "table_html", "write_grokking_report", "write_groups_report", "write_html", "write_miiii_report",
+__all__ = ["grokking_summary_html", "table_html", "write_grokking_report", "write_groups_report", "write_html", "write_miiii_report", "write_othello_report",
            "write_sweep_report"]
 
 _STYLE = (
@@ -188,3 +192,69 @@ def write_sweep_report(path, rows: list[dict]) -> None:
         sections += [("Key frequencies", plot.sweep_key_frequencies(rows)),
                      ("Steps to grok", plot.sweep_steps_to_grok(rows))]
     write_html(path, f"Grokking sweep: {len(rows)} runs", sections)
+
+
+def write_othello_report(path, model, task, history: list[dict], analysis: dict, target: float = 0.99) -> None:
+    """The Othello run's report: the legal-move rate (a banner against ``target``), training, the rate by move
+    number, probes by layer with baselines and per square, an example game with the model's move probabilities, and
+    the probe-edit errors."""
+    a = analysis
+    task_layers = model.cfg.n_layers
+    good = a["legal_top1"] >= target
+    banner = (f"<div class='banner {'good' if good else 'bad'}'>{'' if good else '<b>BELOW TARGET</b>: '}top-1 "
+              f"prediction legal in {100 * a['legal_top1']:.3f}% of held-out positions (target {100 * target:g}%)"
+              "</div>")
+    mine, colour = a["probes"]["mine"], a["probes"]["colour"]
+    best = max(mine, key=lambda row: row["test"])
+    best_colour = max(colour, key=lambda row: row["test"])
+    e = a["edits"]
+    rows = [["legal top-1 (held-out games)", f"{a['legal_top1']:.5f}"], ["held-out loss", f"{a['heldout_loss']:.4f}"],
+            ["parameters", f"{a['n_params']:,}"], ["steps / games seen", f"{a['steps']:,} / {a['games_seen']:,}"],
+            ["seconds (training, analysis)", f"{a['seconds']['train']}, {a['seconds']['analysis']}"],
+            ["best mine/theirs/empty probe", f"{best['hook_name']}: {best['test']:.4f} (occupied squares "
+                                             f"{best['test_occupied']:.4f}; control {_fmt(best['control'])}, random "
+                                             f"model {_fmt(best['random_model'])}, majority {_fmt(best['majority'])})"],
+            ["best black/white/empty probe", f"{best_colour['hook_name']}: {best_colour['test']:.4f} (occupied "
+                                             f"{best_colour['test_occupied']:.4f})"],
+            ["probe edits: errors per case (none / probe / random)",
+             f"{e['none']:.3f} / {e['probe']:.3f} / {e['random']:.3f} ({e['reduction']:.1f}x fewer)"]]
+    game = a["example_game"]
+    record = replay([game], task.size)
+    probs = move_probabilities(model, task, game)
+    shown = [4, 12, 20]
+    boards = [record.boards[0, t] for t in shown] + [probs[t] for t in shown]
+    titles = [f"after move {t + 1}" for t in shown] + [f"P(move {t + 2})" for t in shown]
+    marks = [[game[t]] for t in shown] + [np.flatnonzero(record.legal[0, t]) for t in shown]
+    sections = [
+        ("Summary", banner + table_html(["", "value"], rows)),
+        ("Training", plot.othello_training(history)),
+        ("Legal top-1 by move number", plot.legal_by_move(a["legal_by_move"])),
+        ("Probes by layer", plot.probe_accuracy_by_layer({"mine/theirs/empty": mine, "black/white/empty": colour})),
+        ("Probe accuracy per square (best layer, held out)",
+         plot.board_heatmaps([best["test_per_square"], best_colour["test_per_square"]],
+                             [f"mine/theirs/empty ({_short_hook(best['hook_name'])})",
+                              f"black/white/empty ({_short_hook(best_colour['hook_name'])})"],
+                             kinds=["values", "values"])),
+        ("An example game (red: the move just played; on the probabilities: the legal moves)",
+         plot.board_heatmaps(boards, titles, cols=3, marks=marks)),
+        ("Probe edits (Li et al.'s test)", plot.edit_errors(e)),
+        ("Probe edits by the first edited layer", table_html(
+            ["edited layers", "errors, no edit", "probe edit", "random edit", "fewer errors"],
+            [[f"{k} to {task_layers - 1}", f"{v['none']:.3f}", f"{v['probe']:.3f}", f"{v['random']:.3f}",
+              f"{v['reduction']:.2f}x"] for k, v in e["by_first_layer"].items()])
+         + table_html(["margin (edits from the chosen layer)", "probe edit", "random edit", "fewer errors"],
+                      [[k, f"{v['probe']:.3f}", f"{v['random']:.3f}", f"{v['reduction']:.2f}x"]
+                       for k, v in e["by_margin"].items()])
+         + f"<p>{e['cases']} flips that change the legal moves; a square counts as predicted when its probability "
+           f"exceeds {e['threshold']}; the edit sets the probe's score difference to the margin ({e['margin']} "
+           f"unless stated). The model's own error on the unedited boards is {e['unedited']:.3f}: no edit can "
+           f"do much better than that.</p>"),
+    ]
+    write_html(path, f"Othello-GPT on a {task.size}x{task.size} board", sections)
+
+
+def _short_hook(hook_name: str) -> str:
+    """``blocks.3.hook_resid_post`` -> ``layer 3``; the embedding's ``blocks.0.hook_resid_pre`` -> ``embedding``."""
+    if hook_name == "blocks.0.hook_resid_pre":
+        return "embedding"
+    return f"layer {hook_name.split('.')[1]}" if hook_name.endswith("hook_resid_post") else hook_name

@@ -23,3 +23,5 @@ from mi_toolkit.analysis.progress import (
 )
 from mi_toolkit.analysis.sae import decoder_spread, density_histogram, evaluate_sae, max_activating
 from mi_toolkit.analysis.superposition import SuperpositionMetrics, superposition_metrics
+from mi_toolkit.analysis import probes
+from mi_toolkit.analysis.probes import LayerProbes, Probe, ProbeAccuracy, ProbeConfig, fit_probe, probe_layers

@@ -7,5 +7,7 @@ from mi_toolkit.experiments.groups import GroupsConfig, run_groups
 from mi_toolkit.experiments.induction import train_induction_model, train_ioi_model
 from mi_toolkit.experiments.lm import LMConfig, run_lm
 from mi_toolkit.experiments.miiii import MiiiiConfig, run_miiii
+from mi_toolkit.experiments import othello
+from mi_toolkit.experiments.othello import OthelloConfig, run_othello
 from mi_toolkit.experiments.runs import load_run
 from mi_toolkit.experiments.sweeps import sweep

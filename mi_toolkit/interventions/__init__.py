@@ -15,5 +15,6 @@ from mi_toolkit.interventions.ablation import (
 from mi_toolkit.interventions import editing, rank_one
 from mi_toolkit.interventions.editing import EditConfig, memit, rome, second_moments
 from mi_toolkit.interventions.rank_one import WeightEdit, memit_update, rank_one_update
+from mi_toolkit.interventions.probe_edits import FlipErrors, evaluate_flips, flip_cases, probe_flip
 from mi_toolkit.interventions.splicing import LossRecovered, ce_loss_recovered
 from mi_toolkit.interventions.steering import add_direction, clamp_feature, scale_feature, splice_sae

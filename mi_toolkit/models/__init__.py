@@ -11,5 +11,6 @@ from mi_toolkit.models.presets import (
     make_induction_model,
 )
 from mi_toolkit.models.presets import FACT_PRESETS, fact_model_config, make_fact_model
+from mi_toolkit.models.presets import OTHELLO_PRESETS, othello_model_config
 from mi_toolkit.models.sae import SAE, SAEConfig, load_sae
 from mi_toolkit.models.toy import ToyModel, ToyModelConfig

@@ -6,8 +6,8 @@ import torch
 from mi_toolkit.core.tl import HookedTransformer, HookedTransformerConfig
 from mi_toolkit.models.factory import build_model
 
-__all__ = ["FACT_PRESETS", "fact_model_config", "grokking_model_config", "induction_model_config", "ioi_model_config", "make_fact_model", "make_grokking_model",
-           "make_induction_model", "with_attn_types"]
+__all__ = ["FACT_PRESETS", "OTHELLO_PRESETS", "fact_model_config", "grokking_model_config", "induction_model_config", "ioi_model_config", "make_fact_model", "make_grokking_model",
+           "make_induction_model", "othello_model_config", "with_attn_types"]
 
 
 def grokking_model_config(p: int = 113, **overrides) -> HookedTransformerConfig:
@@ -144,5 +144,24 @@ def ioi_model_config(d_vocab: int = 34, n_ctx: int = 12, **overrides) -> HookedT
     within about 500 steps."""
     fields = dict(n_layers=2, d_model=64, n_heads=4, d_head=16, attn_only=True, normalization_type="LN",
                   d_vocab=d_vocab, n_ctx=n_ctx, positional_embedding_type="standard")
+    fields.update(overrides)
+    return HookedTransformerConfig(**fields)
+
+
+OTHELLO_PRESETS: dict[str, dict] = {
+    "small": dict(n_layers=4, d_model=128, n_heads=4, d_mlp=512),
+    "tiny": dict(n_layers=2, d_model=32, n_heads=2, d_mlp=64),
+}
+"""Sizes of the Othello model by preset: ``"small"`` is the shipped 6x6 model (0.8M parameters), ``"tiny"`` trains
+in seconds (tests)."""
+
+
+def othello_model_config(d_vocab: int, n_ctx: int, *, n_layers: int = 4, d_model: int = 128, n_heads: int = 4,
+                         d_mlp: int = 512, **overrides) -> HookedTransformerConfig:
+    """An Othello-GPT (Li et al. 2023, scaled down): pre-LayerNorm, GELU MLPs, learned positions, no BOS; one token
+    per playable square plus the padding token."""
+    fields = dict(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads, d_mlp=d_mlp,
+                  act_fn="gelu", normalization_type="LN", d_vocab=d_vocab, n_ctx=n_ctx,
+                  positional_embedding_type="standard")
     fields.update(overrides)
     return HookedTransformerConfig(**fields)

@@ -19,6 +19,7 @@ from mi_toolkit.tasks.reversal import ReversalTask
 from mi_toolkit.tasks.group_composition import GroupComposition
 from mi_toolkit.tasks.induction import BOS, InductionTask, repeated_tokens
 from mi_toolkit.tasks.ioi import IOITask
+from mi_toolkit.tasks.othello_task import OthelloTask
 from mi_toolkit.tasks.modular import OPERATIONS, ModularArithmetic, PairTask
 from mi_toolkit.tasks.multitask import MultiTaskModular
 from mi_toolkit.tasks.synthetic import GroundTruth, mmcs

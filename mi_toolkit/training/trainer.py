@@ -87,6 +87,9 @@ class TrainConfig:
     """Amplification of the slow gradient; None takes the filter's default (EMA 2.0, MA 5.0)."""
     grad_clip: float | None = None
     """Clip the global gradient norm to this value (after the filter); None: no clipping."""
+    autocast: str | None = None
+    """``"bf16"``: compute the training loss under ``torch.autocast`` in bfloat16 (weights, optimizer and evaluation
+    stay float32); on CPUs with AVX512-BF16 about 1.3-1.9x faster steps for the Othello models. None: float32."""
     log_every: int = 100
     """Evaluate and record metrics every this many steps (and at step 0 and the last step)."""
     checkpoint_every: int = 1000
@@ -105,6 +108,8 @@ class TrainConfig:
             raise ValueError("warmup_steps must be >= 0 and log_every, checkpoint_every >= 1")
         if self.optimizer not in ("adamw", "adam"):
             raise ValueError(f"optimizer must be 'adamw' or 'adam', got {self.optimizer!r}")
+        if self.autocast not in (None, "bf16"):
+            raise ValueError(f"autocast must be None or 'bf16', got {self.autocast!r}")
         if self.lr_schedule not in ("constant", "cosine", "linear_decay"):
             raise ValueError(f"lr_schedule must be 'constant', 'cosine' or 'linear_decay', got {self.lr_schedule!r}")
         if not 0 <= self.decay_fraction <= 1:
@@ -208,6 +213,7 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
            measures, measures_every, stop) -> TrainResult:
     started = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
+    device_type = params[0].device.type if params else "cpu"
     optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_class(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: config.lr_factor(s))
@@ -246,7 +252,8 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
         if start == 0:
             stopping = log(0, None)
         for step in range(start, start if stopping else config.steps):
-            loss = task.loss(model, task.train_batch(step))
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.autocast == "bf16"):
+                loss = task.loss(model, task.train_batch(step))
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 last = state.last_checkpoint_step
