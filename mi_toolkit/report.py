@@ -221,7 +221,8 @@ def write_othello_report(path, model, task, history: list[dict], analysis: dict,
     game = a["example_game"]
     record = replay([game], task.size)
     probs = move_probabilities(model, task, game)
-    shown = [4, 12, 20]
+    length = sum(1 for square in game if square >= 0)
+    shown = sorted({int(t) for t in np.linspace(min(4, length - 2), length - 2, 3).round()})  # moves with a next one
     boards = [record.boards[0, t] for t in shown] + [probs[t] for t in shown]
     titles = [f"after move {t + 1}" for t in shown] + [f"P(move {t + 2})" for t in shown]
     marks = [[game[t]] for t in shown] + [np.flatnonzero(record.legal[0, t]) for t in shown]
@@ -232,8 +233,8 @@ def write_othello_report(path, model, task, history: list[dict], analysis: dict,
         ("Probes by layer", plot.probe_accuracy_by_layer({"mine/theirs/empty": mine, "black/white/empty": colour})),
         ("Probe accuracy per square (best layer, held out)",
          plot.board_heatmaps([best["test_per_square"], best_colour["test_per_square"]],
-                             [f"mine/theirs/empty ({_short_hook(best['hook_name'])})",
-                              f"black/white/empty ({_short_hook(best_colour['hook_name'])})"],
+                             [f"mine/theirs/empty ({plot.short_hook_name(best['hook_name'])})",
+                              f"black/white/empty ({plot.short_hook_name(best_colour['hook_name'])})"],
                              kinds=["values", "values"])),
         ("An example game (red: the move just played; on the probabilities: the legal moves)",
          plot.board_heatmaps(boards, titles, cols=3, marks=marks)),
@@ -247,14 +248,8 @@ def write_othello_report(path, model, task, history: list[dict], analysis: dict,
                        for k, v in e["by_margin"].items()])
          + f"<p>{e['cases']} flips that change the legal moves; a square counts as predicted when its probability "
            f"exceeds {e['threshold']}; the edit sets the probe's score difference to the margin ({e['margin']} "
-           f"unless stated). The model's own error on the unedited boards is {e['unedited']:.3f}: no edit can "
-           f"do much better than that.</p>"),
+           f"unless stated). The model's own error on the unedited boards is {e['unedited']:.3f}; an edit is "
+           f"not expected to do much better than that.</p>"),
     ]
     write_html(path, f"Othello-GPT on a {task.size}x{task.size} board", sections)
 
-
-def _short_hook(hook_name: str) -> str:
-    """``blocks.3.hook_resid_post`` -> ``layer 3``; the embedding's ``blocks.0.hook_resid_pre`` -> ``embedding``."""
-    if hook_name == "blocks.0.hook_resid_pre":
-        return "embedding"
-    return f"layer {hook_name.split('.')[1]}" if hook_name.endswith("hook_resid_post") else hook_name

@@ -125,7 +125,11 @@ def test_probe_flip_sets_the_probe_score_and_the_control_has_equal_norm():
 
 def test_flip_cases_recompute_legal_moves_like_the_reference():
     games = random_games(40, 6, seed=6)
-    cases = mt.othello.flip_cases(games, 6, 20, seed=0)
+    cases = mt.othello.flip_cases(games, 6, 20, seed=0, first_move=7, last_move=20)
+    assert cases.moves.min() >= 7 and cases.moves.max() <= 20 and cases.legal_edited.any(-1).all()
+    for bad in (dict(first_move=9, last_move=8), dict(first_move=40)):
+        with pytest.raises(ValueError, match="first_move"):
+            mt.othello.flip_cases(games, 6, 5, **bad)
     for i in range(20):
         game = cases.games[i].tolist()
         t, square = int(cases.moves[i]), int(cases.squares[i])
@@ -168,8 +172,15 @@ def test_rerun_in_the_same_directory_resumes_without_training(tiny_run, tmp_path
     run, config = tiny_run
     again = mt.run_othello(run.path, config, progress=False, report=False)
     assert again.analysis["resumed_from"] == run.analysis["steps"]
+    assert again.analysis["seconds"]["train"] >= run.analysis["seconds"]["train"]  # kept, not reset
     with pytest.raises(FileExistsError, match="different task"):
         mt.run_othello(run.path, mt.OthelloConfig(preset="tiny", seed=1), progress=False)
+
+
+def test_a_4x4_run_writes_its_report(tmp_path):
+    config = mt.OthelloConfig(preset="tiny", size=4, steps=20, probe_games=300, edit_cases=20)
+    run = mt.run_othello(tmp_path / "run4", config, progress=False)
+    assert (run.path / "report.html").stat().st_size > 10_000 and run.task.n_ctx == 11
 
 
 def test_cli_exit_codes(tmp_path, capsys):
@@ -230,7 +241,10 @@ def test_shipped_model_follows_probe_edits(shipped):
     games = random_games(1500, 6, seed=4242)
     probes = mt.othello.board_probes(shipped.model, shipped.task, games[:1200], "mine", control=False,
                                      random_model=False, positions=mt.othello.probe_positions(shipped.task))
-    cases = mt.othello.flip_cases(games[1200:], 6, 200, seed=1)
+    positions = mt.othello.probe_positions(shipped.task)
+    cases = mt.othello.flip_cases(games[1200:], 6, 200, seed=1, first_move=positions.start,
+                                  last_move=positions.stop - 1)
+    assert cases.moves.min() >= positions.start and cases.moves.max() <= positions.stop - 1
     errors = mt.othello.evaluate_flips(shipped.model, shipped.task,
                                        {name: probes.probes[name] for name in a["hook_names"]}, cases,
                                        margin=a["margin"], threshold=a["threshold"])

@@ -32,13 +32,23 @@ def probe_positions(task: OthelloTask) -> slice:
 @torch.no_grad()
 def legal_rate_by_move(model: HookedTransformer, task: OthelloTask, games: np.ndarray | None = None,
                        chunk: int = 500) -> Float[Tensor, " pos"]:
-    """The share of games whose top-1 prediction after move ``t`` is a legal move ``t + 1``, for each ``t`` (over
-    the games that have a move ``t + 1``); default on the task's held-out games."""
+    """The share of games whose top-1 prediction after move ``t`` is a legal move ``t + 1``, for each ``t``.
+
+    Args:
+        model: the Othello model.
+        task: its task.
+        games: int ``[n, max_len]`` games; default the task's held-out games.
+        chunk: games per forward pass.
+
+    Returns:
+        ``[n_ctx]`` rates, each over the games that have a move ``t + 1``.
+    """
     batch = task.eval_batch if games is None else task.batch(games)
     hits = torch.zeros(task.n_ctx)
     counts = torch.zeros(task.n_ctx)
+    device = next(model.parameters()).device
     for start in range(0, len(batch["tokens"]), chunk):
-        part = {k: v[start:start + chunk] for k, v in batch.items()}
+        part = {k: v[start:start + chunk].to(device) for k, v in batch.items()}
         has_next = (part["next"] >= 0).cpu()
         legal = task.legal_top1(model(part["tokens"]), part).cpu()
         hits += (legal & has_next).sum(0)
@@ -49,7 +59,16 @@ def legal_rate_by_move(model: HookedTransformer, task: OthelloTask, games: np.nd
 @torch.no_grad()
 def move_probabilities(model: HookedTransformer, task: OthelloTask, game) -> Float[Tensor, "pos size size"]:
     """The model's probability of every square as the next move after each move of one game (0 on the centre
-    squares), as boards ``[n_moves - 1, size, size]``."""
+    squares).
+
+    Args:
+        model: the Othello model.
+        task: its task.
+        game: the game's squares (``-1`` padding allowed).
+
+    Returns:
+        Boards ``[min(n_moves, n_ctx), size, size]``: row ``t`` is the distribution over move ``t + 1``.
+    """
     tokens = task.encode(np.asarray(game)[None]).to(next(model.parameters()).device)[:, : task.n_ctx]
     probs = model(tokens)[0, :, : task.pad].softmax(-1).cpu()
     full = torch.zeros(len(probs), task.size ** 2)

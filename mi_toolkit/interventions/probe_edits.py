@@ -57,6 +57,8 @@ def probe_flip(
                          f"{tuple(b.shape)}, {tuple(positions.shape)}")
     if control is not None and control.shape != w.shape:
         raise ValueError(f"control must have w's shape {tuple(w.shape)}")
+    if not margin > 0:
+        raise ValueError(f"margin must be > 0 (the new class must win), got {margin}")
     w, b = w.detach(), b.detach()
 
     def hook(resid: Float[Tensor, "batch pos d_model"], hook) -> Tensor:
@@ -80,8 +82,7 @@ def probe_flip(
 @dataclasses.dataclass(frozen=True)
 class FlipCases:
     """Positions in games where one square's owner is flipped: game ``games[i]`` (its moves) after move
-    ``moves[i]``, square
-    ``squares[i]`` (``mine`` says whether it belonged to the player to move), and the legal moves of the board before
+    ``moves[i]``, square ``squares[i]`` (``mine`` says whether it belonged to the player to move), and the legal moves of the board before
     (``legal``) and after (``legal_edited``) the flip, as bool ``[n, size*size]``."""
 
     games: np.ndarray
@@ -97,7 +98,31 @@ def flip_cases(games: np.ndarray, size: int, n: int, *, seed: int = 0, first_mov
     """Draw ``n`` flip cases: a game, a move (from ``first_move`` to ``last_move``, default the game's last but one,
     so that a next move exists; e.g. the probes' positions) and an occupied square, uniformly; with
     ``changes_legal``, only cases where the flip changes the legal moves (Li et al.'s interesting ones). Boards and
-    legal moves come from the engine."""
+    legal moves come from the engine. Flips after which the player to move has no legal move are left out (the
+    rules would pass the turn, and "mine" would change sides).
+
+    Args:
+        games: int ``[n_games, max_len]`` games.
+        size: the board side.
+        n: cases to draw.
+        seed: seeds the draw.
+        first_move, last_move: the range of moves (0-based, inclusive) after which a square is flipped.
+        changes_legal: keep only flips that change the legal moves.
+
+    Returns:
+        :class:`FlipCases`.
+
+    Raises:
+        ValueError: bad ``n`` or move range, no games, or too few cases found in ``games``.
+    """
+    games = np.asarray(games)
+    if games.ndim != 2 or not len(games) or not np.issubdtype(games.dtype, np.integer):
+        raise ValueError(f"games must be a non-empty int array [n_games, n_moves], got {games.dtype} {games.shape}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if first_move < 0 or (last_move is not None and last_move < first_move) or first_move >= games.shape[1] - 1:
+        raise ValueError(f"need 0 <= first_move <= last_move < {games.shape[1] - 1}; got first_move={first_move}, "
+                         f"last_move={last_move}")
     record = replay(games, size)
     labels = board_labels(record, "mine")
     length = (games >= 0).sum(1)
@@ -116,7 +141,9 @@ def flip_cases(games: np.ndarray, size: int, n: int, *, seed: int = 0, first_mov
         flat = boards.reshape(len(g), -1)
         flat[np.arange(len(g)), sq] = 3 - flat[np.arange(len(g)), sq]  # black <-> white
         edited = legal_from_boards(boards, record.player[g, t], size)
-        keep = (edited != record.legal[g, t]).any(-1) if changes_legal else np.ones(len(g), bool)
+        keep = edited.any(-1)  # the player to move can still move on the edited board
+        if changes_legal:
+            keep &= (edited != record.legal[g, t]).any(-1)
         for i in np.flatnonzero(keep)[: n - len(picked)]:
             picked.append((int(g[i]), int(t[i]), int(sq[i])))
             legal_rows.append(record.legal[g[i], t[i]])
@@ -125,7 +152,7 @@ def flip_cases(games: np.ndarray, size: int, n: int, *, seed: int = 0, first_mov
             break
     if len(picked) < n:
         raise ValueError(f"found only {len(picked)} flip cases of the {n} asked for in these games")
-    g, t, sq = (np.array(c) for c in zip(*picked))
+    g, t, sq = (np.array(c, dtype=np.int64) for c in zip(*picked))
     return FlipCases(games[g], t, sq, labels[g, t, sq] == MINE, np.stack(legal_rows), np.stack(edited_rows))
 
 
@@ -139,7 +166,7 @@ class FlipErrors:
     probe: float
     random: float
     unedited: float
-    per_case: Tensor
+    per_case: Float[Tensor, "n 3"]
     threshold: float
     margin: float
     hook_names: tuple[str, ...]

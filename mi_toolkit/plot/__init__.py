@@ -18,7 +18,14 @@ from mi_toolkit.plot.grokking import (
 from mi_toolkit.plot.groups import irrep_overview, neuron_irreps
 from mi_toolkit.plot.lm import lm_training
 from mi_toolkit.plot.miiii import omega_curve, task_accuracies
-from mi_toolkit.plot.othello import board_heatmaps, edit_errors, legal_by_move, othello_training, probe_accuracy_by_layer
+from mi_toolkit.plot.othello import (
+    board_heatmaps,
+    edit_errors,
+    legal_by_move,
+    othello_training,
+    probe_accuracy_by_layer,
+    short_hook_name,
+)
 from mi_toolkit.plot.patching import attention_patterns, attribution_vs_activation, patching_heatmap
 from mi_toolkit.plot.sae import feature_activations, feature_density
 from mi_toolkit.plot.superposition import features_vs_sparsity, superposition_geometry

@@ -8,7 +8,8 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-__all__ = ["board_heatmaps", "edit_errors", "legal_by_move", "othello_training", "probe_accuracy_by_layer"]
+__all__ = ["board_heatmaps", "edit_errors", "legal_by_move", "othello_training", "probe_accuracy_by_layer",
+           "short_hook_name"]
 
 _STATE_COLOURS = [[0, "#2e7d32"], [0.33, "#2e7d32"], [0.33, "#111111"], [0.67, "#111111"], [0.67, "#f5f5f5"],
                   [1, "#f5f5f5"]]
@@ -98,7 +99,7 @@ def probe_accuracy_by_layer(tables: dict[str, list[dict]], *, title: str = "Line
     fig = go.Figure()
     dashes = {"control": "dot", "random_model": "dash", "majority": "dashdot"}
     for i, (kind, rows) in enumerate(tables.items()):
-        names = [_short(row["hook_name"]) for row in rows]
+        names = [short_hook_name(row["hook_name"]) for row in rows]
         fig.add_trace(go.Scatter(x=names, y=[row["test"] for row in rows], mode="lines+markers",
                                  name=f"{kind}: all squares"))
         if "test_occupied" in rows[0]:
@@ -115,7 +116,9 @@ def probe_accuracy_by_layer(tables: dict[str, list[dict]], *, title: str = "Line
     return fig
 
 
-def _short(hook_name: str) -> str:
+def short_hook_name(hook_name: str) -> str:
+    """``blocks.3.hook_resid_post`` -> ``L3``; the embedding's ``blocks.0.hook_resid_pre`` -> ``embed``; others as
+    they are."""
     if hook_name == "blocks.0.hook_resid_pre":
         return "embed"
     parts = hook_name.split(".")

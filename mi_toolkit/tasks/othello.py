@@ -327,6 +327,8 @@ def legal_from_boards(boards, player, size: int | None = None) -> np.ndarray:
         bool ``[n, size*size]`` (``[size*size]`` for one board).
     """
     boards = np.asarray(boards)
+    if boards.ndim not in (2, 3):
+        raise ValueError(f"boards must be [size, size] or [n, size, size], got shape {boards.shape}")
     single = boards.ndim == 2
     boards = boards[None] if single else boards
     size = boards.shape[-1] if size is None else size

@@ -95,7 +95,10 @@ class OthelloTask:
         Raises:
             ValueError: a centre square or a square off the board.
         """
-        moves = np.asarray(moves, dtype=np.int64)
+        moves = np.asarray(moves)
+        if moves.size and not np.issubdtype(moves.dtype, np.integer):
+            raise ValueError(f"moves must be integer squares, got dtype {moves.dtype}")
+        moves = moves.astype(np.int64)
         off_board = (moves < -1) | (moves >= self.size * self.size)
         tokens = self._token_of_square[np.where(off_board, -1, moves)]
         bad = off_board | (tokens < 0)
@@ -175,8 +178,9 @@ class OthelloTask:
         square is legal) on the held-out games (or ``batch``)."""
         batch = self.eval_batch if batch is None else batch
         losses, legal, counts = [], [], []
+        device = next(model.parameters()).device
         for start in range(0, len(batch["tokens"]), chunk):
-            part = {k: v[start:start + chunk] for k, v in batch.items()}
+            part = {k: v[start:start + chunk].to(device) for k, v in batch.items()}
             logits = model(part["tokens"])
             has_next = part["next"] >= 0
             losses.append(float(self._loss(logits, part)) * int(has_next.sum()))

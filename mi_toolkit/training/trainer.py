@@ -214,6 +214,8 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
     started = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
     device_type = params[0].device.type if params else "cpu"
+    if config.autocast is not None and device_type not in ("cpu", "cuda"):
+        raise ValueError(f"autocast={config.autocast!r} is supported on cpu and cuda, not {device_type}")
     optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_class(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: config.lr_factor(s))
