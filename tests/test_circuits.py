@@ -427,3 +427,32 @@ def test_edge_scores_behave_as_a_mapping_and_bad_calls_fail_early(tiny_mlp_ln_mo
         causal_scrub(model, clean, mt.metrics.loss(clean), hypothesis, torch.cat([clean, corrupted]))
     with pytest.raises(ValueError, match="feature"):
         causal_scrub(model, clean, mt.metrics.loss(clean), Hypothesis((("a0.h1", "logits"),), {}), corrupted)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_mlp_ln_model", "tiny_induction_model"])
+def test_receiver_gradients_equal_transformerlens_split_input_gradients(fixture, request):
+    """The engine forms each head's input gradient from its q/k/v projection's gradient through the shared
+    LayerNorm; TransformerLens's split inputs (each head its own copy of the residual stream) give it directly."""
+    from mi_toolkit.analysis.circuits._engine import receiver_gradients
+
+    model = request.getfixturevalue(fixture)
+    graph = edge_graph(model)
+    clean, corrupted = torch.randint(0, model.cfg.d_vocab, (2, 3, 8), generator=torch.Generator().manual_seed(5))
+    metric = mt.metrics.logit_diff(clean[:, -1], corrupted[:, -1])
+    ours = receiver_gradients(model, graph, clean, metric, also=corrupted).grads
+
+    names = {r: name for r, name in enumerate(graph.receivers) if "." in name}  # every head's q/k/v input
+    inputs = {}
+    model.set_use_split_qkv_input(True)
+    try:
+        keep = lambda x, hook: inputs.__setitem__(hook.name, x)  # noqa: E731
+        with model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_{kind}_input", keep) for layer in range(model.cfg.n_layers)
+                                    for kind in "qkv"]):
+            value = metric(model(clean))
+            grads = dict(zip(inputs, torch.autograd.grad(value, list(inputs.values()))))
+    finally:
+        model.set_use_split_qkv_input(False)
+    for r, name in names.items():
+        layer, head, kind = name[1:].split(".")
+        expected = grads[f"blocks.{layer}.hook_{kind}_input"][:, :, int(head[1:])]
+        assert torch.allclose(ours[r], expected, atol=1e-6, rtol=1e-4), name

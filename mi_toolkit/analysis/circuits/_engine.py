@@ -23,10 +23,11 @@ __all__ = ["Gradients", "one_edge_logits", "patched_logits", "receiver_gradients
 
 
 @contextlib.contextmanager
-def split_inputs(model: HookedTransformer) -> Iterator[None]:
-    """Give every head its own query/key/value input and every MLP a ``hook_mlp_in`` for the duration."""
+def split_inputs(model: HookedTransformer, heads: bool = True) -> Iterator[None]:
+    """Give every head its own query/key/value input (unless ``heads`` is False) and every MLP a ``hook_mlp_in`` for
+    the duration."""
     old = model.cfg.use_split_qkv_input, model.cfg.use_hook_mlp_in
-    model.set_use_split_qkv_input(True)
+    model.set_use_split_qkv_input(heads or old[0])
     if not model.cfg.attn_only:
         model.set_use_hook_mlp_in(True)
     try:
@@ -239,16 +240,66 @@ def receiver_gradients(
 
     # The leaf comes first, so the "input" sender records the (replaced) leaf; the rest record as usual.
     hooks = [("blocks.0.hook_resid_pre", leaf)] + sender_hooks(model, lambda xs: outputs.extend(x.detach() for x in xs))
-    hooks += [(name, keep) for name, _, _ in groups]
+    shared = _shared_norm_inputs(model)
+    # Where the heads share one LayerNorm, a head's input gradient is formed from the gradient at its q/k/v
+    # projection through that LayerNorm's backward, instead of giving every head its own copy of the residual stream
+    # for the whole pass (TransformerLens's split inputs: n_heads copies per q/k/v, kept for the backward).
+    wanted = {_PROJECTION[name.rsplit(".", 1)[1]].format(name.split(".")[1]) if shared and per_head else name: name
+              for name, _, per_head in groups}
+    hooks += [(name, keep) for name in wanted]
+    if shared and model.cfg.normalization_type is not None:
+        hooks += [(f"blocks.{layer}.ln1.{part}", keep) for layer in range(model.cfg.n_layers)
+                  for part in ("hook_scale", "hook_normalized")]
     run = tokens.repeat(copies, 1) if also is None else torch.cat([tokens.repeat(copies, 1), also])
-    with torch.enable_grad(), split_inputs(model), model.hooks(fwd_hooks=hooks):
+    with torch.enable_grad(), split_inputs(model, heads=not shared), model.hooks(fwd_hooks=hooks):
         logits = model(run)[:n_rows]
         value = sum(metric(chunk) for chunk in logits.split(batch))
-        grads = torch.autograd.grad(value, [inputs[name] for name, _, _ in groups], allow_unused=True)
+        grads = dict(zip(wanted.values(), torch.autograd.grad(value, [inputs[name] for name in wanted],
+                                                               allow_unused=True)))
     out = torch.zeros(len(graph.receivers), batch, tokens.shape[1], model.cfg.d_model, device=logits.device)
-    for (name, rows, per_head), grad in zip(groups, grads):
+    for name, rows, per_head in groups:
+        grad = grads[name]
         if grad is None:
             continue
-        grad = grad[:n_rows].unflatten(0, (copies, batch)).sum(0)  # (batch, pos, [head_index,] d_model)
+        grad = grad[:n_rows].unflatten(0, (copies, batch))  # (copies, batch, pos, [head_index,] [d_head | d_model])
+        if shared and per_head:
+            layer, kind = int(name.split(".")[1]), name.rsplit(".", 1)[1]
+            grad = _head_input_gradients(model, layer, kind, grad, inputs, copies, batch)
+        grad = grad.sum(0)  # (batch, pos, [head_index,] d_model)
         out[rows] = grad.movedim(2, 0) if per_head else grad[None]
     return Gradients(out, torch.stack(outputs), float(value.detach()))
+
+
+_PROJECTION = {"hook_q_input": "blocks.{}.attn.hook_q", "hook_k_input": "blocks.{}.attn.hook_k",
+               "hook_v_input": "blocks.{}.attn.hook_v"}
+"""The projection each head's query / key / value input feeds (``[batch, pos, head_index, d_head]``)."""
+
+
+def _shared_norm_inputs(model: HookedTransformer) -> bool:
+    """Whether every head's q/k/v input is ``ln1(resid_pre)`` of one plain LayerNorm (or none), so that input
+    gradients per head can be formed from the projections' gradients (see :func:`_head_input_gradients`)."""
+    cfg = model.cfg
+    return (cfg.normalization_type in ("LN", "LNPre", None) and cfg.positional_embedding_type != "shortformer"
+            and not getattr(cfg, "parallel_attn_mlp", False) and getattr(cfg, "n_key_value_heads", None) is None
+            and cfg.dtype in (torch.float32, torch.float64))
+
+
+def _head_input_gradients(model: HookedTransformer, layer: int, kind: str, grad: Tensor, saved: dict[str, Tensor],
+                          copies: int, batch: int) -> Tensor:
+    """Each head's gradient at its own (pre-LayerNorm) q/k/v input, from the gradient at its projection.
+
+    The projection is ``x_norm @ W[h] + b[h]`` with ``x_norm = xhat * w + b`` and ``xhat = (x - mean x) / scale``, so
+    the gradient reaching the head's copy of ``x`` is the LayerNorm's backward of ``grad[h] @ W[h]^T``:
+    ``(g - mean(g) - xhat * mean(g * xhat)) / scale`` with ``g = (grad[h] @ W[h]^T) * w``.
+    """
+    attn, ln = model.blocks[layer].attn, model.blocks[layer].ln1
+    weight = {"hook_q_input": attn.W_Q, "hook_k_input": attn.W_K, "hook_v_input": attn.W_V}[kind]  # (h, m, e)
+    g = torch.einsum("cbphe,hme->cbphm", grad, weight.to(grad.dtype))
+    if model.cfg.normalization_type is None:  # no LayerNorm: the head's input is the residual stream itself
+        return g
+    if hasattr(ln, "w"):
+        g = g * ln.w.to(g.dtype)
+    xhat = saved[f"blocks.{layer}.ln1.hook_normalized"][: copies * batch].unflatten(0, (copies, batch))[:, :, :, None]
+    scale = saved[f"blocks.{layer}.ln1.hook_scale"][: copies * batch].unflatten(0, (copies, batch))[:, :, :, None]
+    xhat, scale = xhat.detach(), scale.detach()
+    return (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True)) / scale
