@@ -17,7 +17,7 @@ from mi_toolkit.core.types import Positions
 from mi_toolkit.tasks.othello import board_labels, replay
 from mi_toolkit.tasks.othello_task import OthelloTask
 
-__all__ = ["KINDS", "board_probes", "legal_rate_by_move", "move_probabilities", "probe_positions"]
+__all__ = ["KINDS", "board_probe_table", "board_probes", "legal_rate_by_move", "move_probabilities", "probe_positions"]
 
 KINDS = {"mine": 3, "colour": 3, "flipped": 2}
 """Board-label kinds and their number of classes."""
@@ -70,10 +70,7 @@ def move_probabilities(model: HookedTransformer, task: OthelloTask, game) -> Flo
         Boards ``[min(n_moves, n_ctx), size, size]``: row ``t`` is the distribution over move ``t + 1``.
     """
     tokens = task.encode(np.asarray(game)[None]).to(next(model.parameters()).device)[:, : task.n_ctx]
-    probs = model(tokens)[0, :, : task.pad].softmax(-1).cpu()
-    full = torch.zeros(len(probs), task.size ** 2)
-    full[:, torch.as_tensor(task.squares)] = probs
-    return full.view(-1, task.size, task.size)
+    return task.square_probabilities(model(tokens)[0]).cpu().view(-1, task.size, task.size)
 
 
 def board_probes(
@@ -115,3 +112,14 @@ def board_probes(
     return probe_layers(model, tokens, torch.as_tensor(labels), KINDS[kind], config, hook_names=hook_names,
                         positions=positions, held_out=held_out, control=control, random_model=random_model,
                         progress=progress)
+
+
+def board_probe_table(probes: LayerProbes) -> list[dict]:
+    """:meth:`~mi_toolkit.analysis.probes.LayerProbes.table` of board probes, each row with ``test_occupied`` (the
+    held-out accuracy on occupied squares: classes 1 and 2) and ``test_per_square``."""
+    rows = probes.table()
+    for row in rows:
+        accuracy = probes.test[row["hook_name"]]
+        row["test_occupied"] = accuracy.among([1, 2]).overall
+        row["test_per_square"] = [round(x, 4) for x in accuracy.per_output.tolist()]
+    return rows

@@ -11,7 +11,13 @@ import dataclasses
 import time
 from pathlib import Path
 
-from mi_toolkit.analysis.othello import board_probes, legal_rate_by_move, move_probabilities, probe_positions
+from mi_toolkit.analysis.othello import (
+    board_probe_table,
+    board_probes,
+    legal_rate_by_move,
+    move_probabilities,
+    probe_positions,
+)
 from mi_toolkit.core.io import Run, load_json, save_json, save_tensors
 from mi_toolkit.core.tl import get_act_name
 from mi_toolkit.experiments.runs import check_out_dir, load_model, load_run, register_loader
@@ -38,7 +44,7 @@ from mi_toolkit.training.recipes import OTHELLO_RECIPES
 from mi_toolkit.training.trainer import train
 
 __all__ = ["BLACK", "EMPTY", "PACKAGED_RUN", "WHITE", "FlipCases", "FlipErrors", "IllegalMoveError", "OthelloConfig",
-           "OthelloTask", "board_labels", "board_probes", "board_states", "evaluate_flips", "flip_cases", "flipped",
+           "OthelloTask", "board_labels", "board_probe_table", "board_probes", "board_states", "evaluate_flips", "flip_cases", "flipped",
            "legal_from_boards", "legal_moves", "legal_rate_by_move", "move_probabilities", "players_to_move",
            "probe_positions", "pretrained", "probe_flip", "random_games", "random_games_and_legal", "replay",
            "run_othello"]
@@ -154,15 +160,6 @@ def _edit_start(config: OthelloConfig, n_layers: int) -> int:
     return start
 
 
-def _probe_table(probes) -> list[dict]:
-    rows = probes.table()
-    for row in rows:
-        name = row["hook_name"]
-        row["test_occupied"] = probes.test[name].among([1, 2]).overall
-        row["test_per_square"] = [round(x, 4) for x in probes.test[name].per_output.tolist()]
-    return rows
-
-
 def analyse_othello(model, task: OthelloTask, config: OthelloConfig) -> dict:
     """The numbers of the report: legal-move rates, probes with baselines, probe edits (see :func:`run_othello`)."""
     evaluation = task.evaluate(model)
@@ -193,7 +190,7 @@ def analyse_othello(model, task: OthelloTask, config: OthelloConfig) -> dict:
         "heldout_loss": evaluation["loss"],
         "legal_by_move": [round(x, 5) for x in legal_rate_by_move(model, task).tolist()],
         "n_params": sum(p.numel() for p in model.parameters()),
-        "probes": {"mine": _probe_table(mine), "colour": _probe_table(colour), "best_layer": best,
+        "probes": {"mine": board_probe_table(mine), "colour": board_probe_table(colour), "best_layer": best,
                    "n_games": config.probe_games, "positions": [positions.start, positions.stop - 1]},
         "edits": {"hook_names": list(edits.hook_names), "none": edits.none, "probe": edits.probe,
                   "random": edits.random, "unedited": edits.unedited, "reduction": edits.reduction,

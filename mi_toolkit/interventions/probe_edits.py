@@ -231,10 +231,7 @@ def evaluate_flips(
 
     def probs(fwd_hooks) -> Tensor:
         with model.hooks(fwd_hooks=fwd_hooks):
-            logits = model(tokens)[rows, positions, : task.pad]
-        full = torch.zeros(len(rows), task.size ** 2, device=device)
-        full[:, torch.as_tensor(task.squares, device=device)] = logits.softmax(-1)
-        return full.cpu()
+            return task.square_probabilities(model(tokens)[rows, positions]).cpu()
 
     legal, edited = torch.as_tensor(cases.legal), torch.as_tensor(cases.legal_edited)
     plain = probs([])

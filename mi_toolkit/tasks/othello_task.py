@@ -115,10 +115,6 @@ class OthelloTask:
         return np.where(valid, self.squares[np.clip(ids, 0, self.pad - 1)], -1)
 
     # --- data ---
-    def games(self, n: int, seed) -> np.ndarray:
-        """``n`` random games of this board (``random_games(n, size, seed)``)."""
-        return random_games(n, self.size, seed)
-
     def batch(self, games: np.ndarray, legal: np.ndarray | None = None) -> dict[str, Tensor]:
         """The model's inputs and targets for ``games``: ``tokens [n, n_ctx]``, ``next [n, n_ctx]`` (the next move's
         token, ``-1`` where there is none), ``legal [n, n_ctx, d_vocab]`` (the legal next moves; from the engine's
@@ -142,7 +138,7 @@ class OthelloTask:
     @functools.cached_property
     def eval_batch(self) -> dict[str, Tensor]:
         """The held-out games as a batch (cached)."""
-        return self.batch(self.games(self.eval_games, (self.seed, 1)))
+        return self.batch(*random_games_and_legal(self.eval_games, self.size, (self.seed, 1)))
 
     def check_model(self, model: HookedTransformer) -> None:
         """Raise ``ValueError`` if ``model`` cannot read this task's games."""
@@ -164,6 +160,14 @@ class OthelloTask:
 
     def loss(self, model: HookedTransformer, batch: dict[str, Tensor]) -> Tensor:
         return self._loss(model(batch["tokens"]), batch)
+
+    def square_probabilities(self, logits: Float[Tensor, "... d_vocab_out"]) -> Float[Tensor, "... squares"]:
+        """The next-move distribution over the playable squares, placed on the board: ``[..., size*size]``, 0 on the
+        centre squares (the padding token's logit is left out)."""
+        probs = logits[..., : self.pad].softmax(-1)
+        full = probs.new_zeros(*probs.shape[:-1], self.size * self.size)
+        full[..., torch.as_tensor(self.squares, device=probs.device)] = probs
+        return full
 
     def legal_top1(self, logits: Float[Tensor, "batch pos d_vocab_out"], batch: dict[str, Tensor]) -> Tensor:
         """bool ``[batch, pos]``: whether the top-1 prediction is a legal move (only meaningful where a next move
