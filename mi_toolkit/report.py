@@ -73,7 +73,7 @@ def _facts(analysis: dict) -> list[list[str]]:
                else "every task's test acc >= 99%")
     return [[f"grokked ({meaning})", _fmt(bool(analysis.get("grokked")))],
             ["test accuracy first >= 99% at step", _fmt(analysis["grokked_at_step"])],
-            ["every algorithm check first passed at step", _fmt(analysis.get("checks_passed_at_step"))],
+            ["every algorithm check passed at step (the margin then trained)", _fmt(analysis.get("checks_passed_at_step"))],
             ["stopped at step (reason)", f"{_fmt(analysis.get('stopped_at_step', final['step']))} "
                                          f"({analysis.get('stop_reason', '-')})"],
             ["phases (memorisation end, cleanup start, cleanup end)",

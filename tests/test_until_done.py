@@ -4,6 +4,7 @@ grokking, and refuse moduli the analysis cannot handle before any training."""
 import json
 
 import pytest
+import torch
 
 import mi_toolkit as mt
 from mi_toolkit.cli import main as cli
@@ -28,13 +29,20 @@ def test_stops_a_margin_after_the_checks_pass(done_run):
                 and values["logit variance explained"] >= 0.8 and values["restricted loss (test)"] < 0.1
                 and values["excluded loss (train)"] > 1)
 
-    # The record where the checks first passed: test accuracy >= 99% and every check within its threshold.
-    mark = next(r for r in h if r.get("done"))
+    # The record where the checks passed before the margin: test accuracy >= 99% and every check within its
+    # threshold; no later checkpoint failed them (else the mark would be later) and none before passed them unless
+    # its margin ended on a failed re-check (a "done": false mark).
+    mark = [r for r in h if r.get("done")][-1]
     assert mark["step"] == a["checks_passed_at_step"] and mark["test_acc"] >= 0.99
     assert passes(mark["algorithm_checks"]) and passes(h[-1]["algorithm_checks"])
-    # No earlier checkpoint step with test accuracy >= 99% passed them (else the run would have stopped sooner).
     earlier = [r for r in h if r["step"] < mark["step"] and "algorithm_checks" in r]
-    assert not any(passes(r["algorithm_checks"]) for r in earlier)
+    assert all(not passes(r["algorithm_checks"]) or any(q.get("done") is False for q in h if q["step"] > r["step"])
+               for r in earlier)
+    # The learning rate falls linearly to zero over the margin (the cool-down), and is the recipe's before it.
+    lrs = {r["step"]: r["lr"] for r in h}
+    full = mt.GrokkingConfig(p=53, frac_train=0.6).train_config().lr
+    assert lrs[mark["step"]] == pytest.approx(full)
+    assert lrs[mark["step"] + 50] == pytest.approx(full / 2) and lrs[a["stopped_at_step"]] == 0
     # Losses every 10 steps, to see the spikes between checkpoints.
     steps = [r["step"] for r in h]
     assert steps == list(range(0, a["stopped_at_step"] + 1, 10))
@@ -53,6 +61,24 @@ def test_a_finished_run_is_not_trained_further(done_run):
                             progress=False, report=False)
     assert again.analysis["stopped_at_step"] == done_run.analysis["stopped_at_step"]
     assert (done_run.path / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_run_interrupted_in_the_margin_resumes_to_the_same_model(done_run, tmp_path):
+    # Cut the same run off halfway through its cool-down, then resume it: the learning rate picks up where the
+    # margin was, so the final weights are those of the run that was never interrupted.
+    a = done_run.analysis
+    cut = a["checks_passed_at_step"] + 50
+    config = dict(p=53, frac_train=0.6, seed=0, margin=50)
+    first = mt.run_grokking(tmp_path / "run", mt.GrokkingConfig(max_steps=cut, **config), progress=False, report=False)
+    assert first.analysis["stop_reason"] == "cap" and first.history[-1]["lr"] == pytest.approx(
+        done_run.history[cut // 10]["lr"])
+    resumed = mt.run_grokking(tmp_path / "run", mt.GrokkingConfig(max_steps=1500, **config), progress=False,
+                              report=False)
+    assert resumed.analysis["stopped_at_step"] == a["stopped_at_step"]
+    reference = done_run.model.state_dict()
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, reference[name]), name
 
 
 def test_the_cap_without_grokking_says_so(tmp_path, capsys):
@@ -88,11 +114,12 @@ def test_odd_composite_moduli_are_analysed(tmp_path):
 
 
 def test_the_stop_rule_rechecks_after_the_margin(tmp_path):
-    # A check that passes at step 100, fails at 200 (a loss spike) and passes again at 300: the run stops at 300,
-    # not at 200, and the mark stays at 100. Checkpoint steps without 99% test accuracy are never checked.
+    # A check that passes at step 100, fails at 200 (a loss spike at the end of the margin), passes at 300 and again
+    # at 400: the run stops at 400, not at 200; the learning rate cools down linearly to zero over each margin and
+    # is back to full after the failed re-check. Checkpoint steps without 99% test accuracy are never checked.
     from mi_toolkit.experiments.until_done import _UntilDone
 
-    verdicts = {100: True, 200: False, 300: True}
+    verdicts = {100: True, 200: False, 300: True, 400: True}
     checked = []
 
     def check(model):
@@ -100,11 +127,22 @@ def test_the_stop_rule_rechecks_after_the_margin(tmp_path):
         return verdicts[step], {"step": step}
 
     stop = _UntilDone(None, check, mt.GrokkingConfig(margin=100), tmp_path)
-    decisions = {}
-    for step in range(0, 400, 10):
+    decisions, scales, marks = {}, {}, {}
+    for step in range(0, 500, 10):
         record = {"step": step, "test_acc": 0.5 if step < 100 else 1.0}
         decisions[step] = stop(record)
+        if "done" in record:
+            marks[step] = record["done"]
         if decisions[step]:
             break
-    assert [s for s, d in decisions.items() if d] == [300]
-    assert checked == [100, 200, 300] and stop.done_at == 100
+        scales[step] = stop.lr_scale(step)  # the step trained next (0-based: step + 1 is logged after it)
+    assert [s for s, d in decisions.items() if d] == [400]
+    assert checked == [100, 200, 300, 400] and marks == {100: True, 200: False, 300: True} and stop.done_at == 300
+    assert [scales[s] for s in (0, 90, 100, 150, 190, 200, 290, 300, 390)] == pytest.approx(
+        [1, 1, 1, 0.5, 0.1, 1, 1, 1, 0.1])
+
+    # Without the cool-down the margin trains at the full rate; a margin that is not a multiple of the checkpoint
+    # interval ends at the next checkpoint.
+    plain = _UntilDone(None, lambda m: (True, {}), mt.GrokkingConfig(margin=50, cooldown=False), tmp_path)
+    assert plain({"step": 100, "test_acc": 1.0}) is False and plain.stop_at == 200
+    assert plain.lr_scale(150) == 1.0 and plain({"step": 200, "test_acc": 1.0}) is True

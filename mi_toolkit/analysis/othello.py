@@ -43,16 +43,11 @@ def legal_rate_by_move(model: HookedTransformer, task: OthelloTask, games: np.nd
     Returns:
         ``[n_ctx]`` rates, each over the games that have a move ``t + 1``.
     """
-    batch = task.eval_batch if games is None else task.batch(games)
     hits = torch.zeros(task.n_ctx)
     counts = torch.zeros(task.n_ctx)
-    device = next(model.parameters()).device
-    for start in range(0, len(batch["tokens"]), chunk):
-        part = {k: v[start:start + chunk].to(device) for k, v in batch.items()}
-        has_next = (part["next"] >= 0).cpu()
-        legal = task.legal_top1(model(part["tokens"]), part).cpu()
-        hits += (legal & has_next).sum(0)
-        counts += has_next.sum(0)
+    for _, legal, has_next in task.scored_chunks(model, None if games is None else task.batch(games), chunk):
+        hits += (legal & has_next).sum(0).cpu()
+        counts += has_next.sum(0).cpu()
     return hits / counts.clamp(min=1)
 
 

@@ -31,7 +31,13 @@ class UntilDoneConfig:
     """Until done: stop :attr:`margin` steps after the model is done (test accuracy >= 99% and every check of the
     experiment passes, checked at every checkpoint), or at this cap (default: the recipe's ``steps``)."""
     margin: int = 100
-    """Steps trained after the checks first pass, before stopping."""
+    """Steps trained after the checks pass, before stopping (rounded up to a checkpoint, where they are checked
+    again)."""
+    cooldown: bool = True
+    """Anneal the learning rate linearly to zero over the margin (a warmup-stable-decay schedule whose decay starts
+    when the checks pass): the model settles instead of going on pruning. Without it, weight decay at the full
+    learning rate kept pruning small-modulus models from three key frequencies to two within 100 steps of passing
+    (README, "Universality grid"). False: the margin trains at the recipe's learning rate."""
     grad_filter: str | None = None
     """Override the recipe's Grokfast filter: ``"none"``, ``"ema"`` or ``"ma"``."""
     weight_decay: float | None = None
@@ -106,34 +112,56 @@ def history_summary(history: list[dict]) -> dict:
 
 
 class _UntilDone:
-    """``stop`` for :func:`~mi_toolkit.training.train`: at each checkpoint step with test accuracy >= 99%, run
-    ``check(model) -> (passed, values)``, record the values under ``"algorithm_checks"``; once they pass, mark the
-    record (``"done": true``), then stop at the first checkpoint at least ``margin`` steps later where they pass
-    again (so the final model passes them too; a loss spike in the margin keeps the run going). A resumed run finds
-    the mark in its metrics."""
+    """``stop`` and ``lr_scale`` for :func:`~mi_toolkit.training.train`: at each checkpoint step with test accuracy
+    >= 99%, run ``check(model) -> (passed, values)`` and record the values under ``"algorithm_checks"``. Once they
+    pass, mark the record (``"done": true``) and train the margin, up to the first checkpoint at least ``margin``
+    steps later, with the learning rate annealed to zero there (``config.cooldown``); stop there if they pass again
+    (so the final model passes them too). If they do not (a loss spike in the margin), mark the record
+    (``"done": false``) and train on at the full learning rate until they pass again. A resumed run finds the marks
+    in its metrics."""
 
     def __init__(self, model, check, config: UntilDoneConfig, run_dir: Path):
         self.model, self.check, self.config = model, check, config
         # A resumed run keeps the records up to its last checkpoint (the trainer drops the later ones).
         resume = run_dir / "checkpoints" / "resume.json"
         kept = load_json(resume)["step"] if resume.exists() else -1
-        self.done_at = next((r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")
-                             if r.get("done") and r["step"] <= kept), None)
+        self.done_at = None
+        for r in read_jsonl(run_dir / "metrics.jsonl"):
+            if "done" in r and r["step"] <= kept:
+                self.done_at = r["step"] if r["done"] else None
         self.finished = False  # whether the checks passed again after the margin (the run stopped on them)
         self.cap = config.train_config().steps
+
+    @property
+    def stop_at(self) -> int | None:
+        """The checkpoint that ends the margin (None until the checks pass)."""
+        if self.done_at is None:
+            return None
+        every = self.config.checkpoint_every
+        return self.done_at + -(-self.config.margin // every) * every
+
+    def lr_scale(self, step: int) -> float:
+        """The learning rate's factor at ``step``: 1, falling linearly to 0 at :attr:`stop_at` in the margin."""
+        if not self.config.cooldown or self.done_at is None or self.stop_at == self.done_at:
+            return 1.0
+        return max(0.0, (self.stop_at - step) / (self.stop_at - self.done_at))
 
     def __call__(self, record: dict) -> bool:
         step = record["step"]
         at_checkpoint = step % self.config.checkpoint_every == 0 or step == self.cap  # the trainer saves both
         if not at_checkpoint or record.get("test_acc", 0) < GROKKED_TEST_ACC:
+            if self.done_at is not None and at_checkpoint and step >= self.stop_at:
+                record["done"], self.done_at = False, None  # the margin ended below 99%: train on
             return False
-        if self.done_at is not None and step < self.done_at + self.config.margin:
+        if self.done_at is not None and step < self.stop_at:
             return False  # in the margin: no checks needed
         passed, record["algorithm_checks"] = self.check(self.model)
-        if passed and self.done_at is None:
-            record["done"] = True
-            self.done_at = step
-        self.finished = passed and step >= self.done_at + self.config.margin
+        if self.done_at is None:
+            if passed:
+                record["done"], self.done_at = True, step
+        elif not passed:
+            record["done"], self.done_at = False, None
+        self.finished = self.done_at is not None and step >= self.stop_at
         return self.finished
 
 
@@ -157,7 +185,7 @@ def run_until_done(out: Path, config: UntilDoneConfig, record: dict, task, model
     started = time.perf_counter()
     stop = _UntilDone(model, check, config, out) if config.until_done else None
     result = train(model, task, config.train_config(), out, progress=progress, measures=measures,
-                   measures_every=config.checkpoint_every, stop=stop)
+                   measures_every=config.checkpoint_every, stop=stop, lr_scale=None if stop is None else stop.lr_scale)
     train_seconds = time.perf_counter() - started
     save_tensors(out / "model.safetensors", model.state_dict())
     started = time.perf_counter()

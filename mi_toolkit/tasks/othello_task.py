@@ -176,19 +176,22 @@ class OthelloTask:
         return batch["legal"].gather(-1, top).squeeze(-1)
 
     @torch.no_grad()
-    def evaluate(self, model: HookedTransformer, *, batch: dict[str, Tensor] | None = None,
-                 chunk: int = 500) -> dict[str, float]:
-        """``loss`` and ``legal_top1`` (the share of predictions, over every position with a next move, whose top-1
-        square is legal) on the held-out games (or ``batch``)."""
+    def scored_chunks(self, model: HookedTransformer, batch: dict[str, Tensor] | None = None, chunk: int = 500):
+        """Yield ``(loss, legal, has_next)`` for each ``chunk`` games of ``batch`` (default the held-out games): the
+        chunk's mean loss, and bool ``[chunk, pos]`` top-1-is-legal and has-a-next-move masks."""
         batch = self.eval_batch if batch is None else batch
-        losses, legal, counts = [], [], []
         device = next(model.parameters()).device
         for start in range(0, len(batch["tokens"]), chunk):
             part = {k: v[start:start + chunk].to(device) for k, v in batch.items()}
             logits = model(part["tokens"])
-            has_next = part["next"] >= 0
-            losses.append(float(self._loss(logits, part)) * int(has_next.sum()))
-            legal.append(int(self.legal_top1(logits, part)[has_next].sum()))
-            counts.append(int(has_next.sum()))
-        n = sum(counts)
-        return {"loss": sum(losses) / n, "legal_top1": sum(legal) / n}
+            yield float(self._loss(logits, part)), self.legal_top1(logits, part), part["next"] >= 0
+
+    def evaluate(self, model: HookedTransformer, *, batch: dict[str, Tensor] | None = None,
+                 chunk: int = 500) -> dict[str, float]:
+        """``loss`` and ``legal_top1`` (the share of predictions, over every position with a next move, whose top-1
+        square is legal) on the held-out games (or ``batch``)."""
+        loss = legal = n = 0
+        for chunk_loss, chunk_legal, has_next in self.scored_chunks(model, batch, chunk):
+            count = int(has_next.sum())
+            loss, legal, n = loss + chunk_loss * count, legal + int(chunk_legal[has_next].sum()), n + count
+        return {"loss": loss / n, "legal_top1": legal / n}

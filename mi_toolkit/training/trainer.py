@@ -167,6 +167,7 @@ def train(
     measures: Callable[[nn.Module], dict[str, float]] | None = None,
     measures_every: int | None = None,
     stop: Callable[[dict], bool] | None = None,
+    lr_scale: Callable[[int], float] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``task`` in place; resume from ``run_dir`` if it holds a checkpoint.
 
@@ -183,6 +184,8 @@ def train(
         stop: ``stop(record) -> bool``, called on every logged record before it is written (it may add fields to
             it); True ends the run there, with a checkpoint, so that ``config.steps`` is only a cap. A resumed run
             whose last record already says stop trains no further.
+        lr_scale: ``lr_scale(step) -> float`` multiplies the schedule's learning rate at each step; it is asked
+            afresh at every step, so it may follow what ``stop`` has seen (a cool-down once a run is done).
 
     Returns:
         The metrics history and where the run started and ended.
@@ -192,7 +195,7 @@ def train(
         CheckpointError: ``run_dir`` holds a checkpoint of a different configuration or a corrupt one.
     """
     with _deterministic_algorithms():
-        return _train(model, task, config, run_dir, progress, measures, measures_every, stop)
+        return _train(model, task, config, run_dir, progress, measures, measures_every, stop, lr_scale)
 
 
 @contextlib.contextmanager
@@ -210,7 +213,7 @@ def _deterministic_algorithms():
 
 
 def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Path | None, progress: bool,
-           measures, measures_every, stop) -> TrainResult:
+           measures, measures_every, stop, lr_scale) -> TrainResult:
     started = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
     device_type = params[0].device.type if params else "cpu"
@@ -218,7 +221,8 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
         raise ValueError(f"autocast={config.autocast!r} is supported on cpu and cuda, not {device_type}")
     optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_class(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: config.lr_factor(s))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: config.lr_factor(s) * (1.0 if lr_scale is None else lr_scale(s)))
     after_backward, after_step = getattr(task, "after_backward", None), getattr(task, "after_step", None)
     grad_filter = make_filter(
         config.grad_filter, ema_alpha=config.ema_alpha, ma_window=config.ma_window, lamb=config.filter_lambda
