@@ -55,6 +55,15 @@ def test_stops_a_margin_after_the_checks_pass(done_run):
 
 
 @pytest.mark.slow
+def test_the_loss_plot_shows_the_cool_down(done_run):
+    fig = mt.plot.loss_curves(done_run.history, done_run.analysis["phases"])
+    lr = next(t for t in fig.data if t.name == "learning rate")
+    assert lr.yaxis == "y2" and list(lr.x) == [r["step"] for r in done_run.history]
+    full = mt.GrokkingConfig(p=53, frac_train=0.6).train_config().lr
+    assert max(lr.y) == pytest.approx(full) and lr.y[-1] == 0
+
+
+@pytest.mark.slow
 def test_a_finished_run_is_not_trained_further(done_run):
     before = (done_run.path / "model.safetensors").read_bytes()
     again = mt.run_grokking(done_run.path, mt.GrokkingConfig(p=53, frac_train=0.6, seed=0, max_steps=1500, margin=50),

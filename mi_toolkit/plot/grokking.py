@@ -37,12 +37,19 @@ def _shade_phases(fig, phases, last_step, labels: bool = True, **where):
 
 
 def loss_curves(history: list[dict], phases: dict | None = None) -> go.Figure:
-    """Train and test loss (log scale) over training, phases shaded."""
+    """Train and test loss (log scale) over training, phases shaded; the learning rate (warmup, and the cool-down
+    of a run that trained until done) on the right-hand axis."""
     fig = go.Figure()
     for key in ("train_loss", "test_loss"):
         fig.add_scatter(x=_series(history, key)[0], y=_series(history, key)[1], name=key.replace("_", " "))
+    x, y = _series(history, "lr")
+    if x:
+        fig.add_scatter(x=x, y=y, name="learning rate", yaxis="y2", line=dict(color="grey", dash="dot", width=1))
+        fig.update_layout(yaxis2=dict(title="learning rate", overlaying="y", side="right", rangemode="tozero",
+                                      tickformat=".1e", showgrid=False))
     _shade_phases(fig, phases, history[-1]["step"])
-    fig.update_layout(title="Loss", xaxis_title="step", yaxis_title="cross-entropy", yaxis_type="log")
+    fig.update_layout(title="Loss", xaxis_title="step", yaxis_title="cross-entropy", yaxis_type="log",
+                      legend=dict(x=1.08))
     return fig
 
 
