@@ -43,12 +43,8 @@ def legal_rate_by_move(model: HookedTransformer, task: OthelloTask, games: np.nd
     Returns:
         ``[n_ctx]`` rates, each over the games that have a move ``t + 1``.
     """
-    hits = torch.zeros(task.n_ctx)
-    counts = torch.zeros(task.n_ctx)
-    for _, legal, has_next in task.scored_chunks(model, None if games is None else task.batch(games), chunk):
-        hits += (legal & has_next).sum(0).cpu()
-        counts += has_next.sum(0).cpu()
-    return hits / counts.clamp(min=1)
+    batch = None if games is None else task.batch(games)
+    return task.evaluate(model, batch=batch, chunk=chunk, by_move=True)["legal_by_move"]
 
 
 @torch.no_grad()

@@ -162,7 +162,7 @@ def _edit_start(config: OthelloConfig, n_layers: int) -> int:
 
 def analyse_othello(model, task: OthelloTask, config: OthelloConfig) -> dict:
     """The numbers of the report: legal-move rates, probes with baselines, probe edits (see :func:`run_othello`)."""
-    evaluation = task.evaluate(model)
+    evaluation = task.evaluate(model, by_move=True)
     games = random_games(config.probe_games, task.size, seed=(config.seed, 2))
     positions = probe_positions(task)
     mine = board_probes(model, task, games, "mine", positions=positions)
@@ -188,7 +188,7 @@ def analyse_othello(model, task: OthelloTask, config: OthelloConfig) -> dict:
     return {
         "legal_top1": evaluation["legal_top1"],
         "heldout_loss": evaluation["loss"],
-        "legal_by_move": [round(x, 5) for x in legal_rate_by_move(model, task).tolist()],
+        "legal_by_move": [round(x, 5) for x in evaluation["legal_by_move"].tolist()],
         "n_params": sum(p.numel() for p in model.parameters()),
         "probes": {"mine": board_probe_table(mine), "colour": board_probe_table(colour), "best_layer": best,
                    "n_games": config.probe_games, "positions": [positions.start, positions.stop - 1]},

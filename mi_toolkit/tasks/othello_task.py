@@ -176,22 +176,26 @@ class OthelloTask:
         return batch["legal"].gather(-1, top).squeeze(-1)
 
     @torch.no_grad()
-    def scored_chunks(self, model: HookedTransformer, batch: dict[str, Tensor] | None = None, chunk: int = 500):
-        """Yield ``(loss, legal, has_next)`` for each ``chunk`` games of ``batch`` (default the held-out games): the
-        chunk's mean loss, and bool ``[chunk, pos]`` top-1-is-legal and has-a-next-move masks."""
+    def evaluate(self, model: HookedTransformer, *, batch: dict[str, Tensor] | None = None, chunk: int = 500,
+                 by_move: bool = False) -> dict:
+        """``loss`` and ``legal_top1`` (the share of predictions, over every position with a next move, whose top-1
+        square is legal) on the held-out games (or ``batch``), ``chunk`` games per forward pass; with ``by_move``
+        also ``legal_by_move``, the ``[n_ctx]`` tensor of that share at each position (over the games that have a
+        next move there), from the same pass."""
         batch = self.eval_batch if batch is None else batch
         device = next(model.parameters()).device
+        hits = torch.zeros(self.n_ctx, dtype=torch.long)
+        counts = torch.zeros(self.n_ctx, dtype=torch.long)
+        loss = 0.0
         for start in range(0, len(batch["tokens"]), chunk):
             part = {k: v[start:start + chunk].to(device) for k, v in batch.items()}
             logits = model(part["tokens"])
-            yield float(self._loss(logits, part)), self.legal_top1(logits, part), part["next"] >= 0
-
-    def evaluate(self, model: HookedTransformer, *, batch: dict[str, Tensor] | None = None,
-                 chunk: int = 500) -> dict[str, float]:
-        """``loss`` and ``legal_top1`` (the share of predictions, over every position with a next move, whose top-1
-        square is legal) on the held-out games (or ``batch``)."""
-        loss = legal = n = 0
-        for chunk_loss, chunk_legal, has_next in self.scored_chunks(model, batch, chunk):
-            count = int(has_next.sum())
-            loss, legal, n = loss + chunk_loss * count, legal + int(chunk_legal[has_next].sum()), n + count
-        return {"loss": loss / n, "legal_top1": legal / n}
+            has_next = part["next"] >= 0
+            loss += float(self._loss(logits, part)) * int(has_next.sum())
+            hits += (self.legal_top1(logits, part) & has_next).sum(0).cpu()
+            counts += has_next.sum(0).cpu()
+        n = int(counts.sum())
+        result = {"loss": loss / n, "legal_top1": int(hits.sum()) / n}
+        if by_move:
+            result["legal_by_move"] = hits / counts.clamp(min=1)
+        return result
