@@ -78,7 +78,8 @@ def replicate(run, config: mt.SAEConfig, *, n_train_windows: int, n_eval_windows
     enc = sae.W_enc.detach().T.cpu()  # (d_sae, d_in): one encoder direction per feature
     n_for = spread.n_for_fraction[live]
     numbers = {
-        "sae": {"activation": config.activation, "d_sae": config.d_sae, "k": config.k, "steps": config.steps,
+        "sae": {"activation": config.activation, "d_sae": config.d_sae, "k": config.k, "aux_k": config.aux_k,
+                "resample_every": config.resample_every, "steps": config.steps,
                 "batch_size": config.batch_size, "train_windows": n_train_windows, "train_seconds": train_seconds},
         "eval_tokens": int(acts.shape[0]),
         "l0": metrics.l0,
@@ -113,6 +114,9 @@ def main() -> None:
     parser.add_argument("--d-sae", type=int, default=4096)
     parser.add_argument("--k", type=int, default=24, help="TopK: active features per token")
     parser.add_argument("--l1", type=float, default=1.0, help="ReLU: L1 coefficient")
+    parser.add_argument("--aux-k", type=int, default=0, help="TopK: AuxK's dead features per input (0: off)")
+    parser.add_argument("--resample-every", type=int, default=mt.SAEConfig.resample_every,
+                        help="dead-feature resampling period in steps (0: off)")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--train-windows", type=int, default=8192, help="training windows streamed (x n_ctx tokens)")
@@ -127,7 +131,8 @@ def main() -> None:
 
     run = mt.load_run(args.run)
     config = mt.SAEConfig(d_in=run.model.cfg.d_mlp, d_sae=args.d_sae, activation=args.activation, k=args.k,
-                          l1_coefficient=args.l1, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+                          l1_coefficient=args.l1, aux_k=args.aux_k, resample_every=args.resample_every,
+                          steps=args.steps, batch_size=args.batch_size, seed=args.seed)
     numbers, hist = replicate(run, config, n_train_windows=args.train_windows, n_eval_windows=args.eval_windows,
                               ulf_density=args.ulf_density, dense_k=args.dense_k, seed=args.seed,
                               progress=not args.quiet)

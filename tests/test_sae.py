@@ -13,7 +13,7 @@ from mi_toolkit.analysis.sae import decoder_spread, density_histogram, evaluate_
 from mi_toolkit.core import CheckpointError, collect_activations
 
 # The dead-feature resampler has no public name (train_sae calls it); tested on features killed by hand.
-from mi_toolkit.training.sae import _resample_dead
+from mi_toolkit.training.sae import SAETraining, _Buffer, _resample_dead
 
 HOOK = "blocks.0.mlp.hook_post"
 
@@ -205,6 +205,48 @@ def test_dead_features_are_resampled(ground_truth):
     assert (sae.b_enc[32:] == 0).all() and (sae.encode(x[:256])[:, 32:] > 0).any()
     torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(64))
     assert torch.equal(sae.W_enc[:, :32], live_before)  # live features untouched
+
+
+@pytest.mark.parametrize("aux_k", [0, 5, 30])  # 30 > the 22 dead features: all of them
+def test_auxk_loss_reconstructs_the_error_from_dead_features(ground_truth, aux_k):
+    """AuxK (Gao et al. 2024): the aux_k largest pre-activations among the dead features reconstruct the main
+    reconstruction's error; only dead features get its gradient. Computed here from the definition."""
+    _, x = ground_truth
+    cfg = SAEConfig(d_in=32, d_sae=64, activation="topk", k=4, aux_k=aux_k, aux_coefficient=0.5, dead_steps=3,
+                    batch_size=128)
+    sae = SAE(cfg)
+    gen = torch.Generator().manual_seed(0)
+    training = SAETraining(_Buffer(x[:512], cfg, gen), cfg, 1.0, gen, None)
+    dead = torch.arange(64) % 3 == 0
+    training.since_fired[dead] = 3  # dead for dead_steps steps
+    training.since_fired[~dead] = 2
+    batch = x[:8]  # 8 x 4 TopK picks leave most features out of the main reconstruction
+    loss = training.loss(sae, batch)
+    with torch.no_grad():
+        pre = (batch - sae.b_dec) @ sae.W_enc + sae.b_enc
+        top = pre.topk(4, dim=-1)
+        f = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+        error = batch - (f @ sae.W_dec + sae.b_dec)
+        expected = error.pow(2).sum(-1).mean()
+        if aux_k:
+            n = min(aux_k, int(dead.sum()))
+            masked = pre.masked_fill(~dead, float("-inf")).topk(n, dim=-1)
+            g = torch.zeros_like(pre).scatter(-1, masked.indices, masked.values.relu())
+            expected += 0.5 * (error - g @ sae.W_dec).pow(2).sum(-1).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    # Dead features left out of the main reconstruction get a gradient from AuxK only.
+    never_main = dead & ~torch.zeros(64, dtype=torch.bool).scatter(0, top.indices.flatten(), True)
+    assert never_main.any()
+    moved = sae.W_enc.grad[:, never_main].abs().sum(0) > 0
+    assert moved.any() if aux_k else not moved.any()
+
+
+def test_auxk_needs_topk():
+    with pytest.raises(ValueError, match="TopK"):
+        SAEConfig(d_in=4, d_sae=8, activation="relu", aux_k=2)
+    with pytest.raises(ValueError, match="aux_k"):
+        SAEConfig(d_in=4, d_sae=8, activation="topk", k=2, aux_k=9)
 
 
 def test_max_activating_matches_brute_force(fitted_grokking_model):

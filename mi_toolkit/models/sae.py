@@ -49,6 +49,14 @@ class SAEConfig:
     activations). Representing a feature pays when its activation exceeds about this value."""
     k: int = 16
     """Active features per input (TopK only)."""
+    aux_k: int = 0
+    """TopK only: the auxiliary loss of Gao et al. (2024), "AuxK". Each step, the ``aux_k`` largest pre-activations
+    among the features dead for :attr:`dead_steps` steps reconstruct the error of the main reconstruction, which
+    gives dead features a gradient towards what the live ones miss (they suggest ``d_in // 2``). 0: off."""
+    aux_coefficient: float = 1 / 32
+    """TopK with ``aux_k``: weight of the auxiliary loss, relative to the squared error (Gao et al.'s 1/32)."""
+    dead_steps: int = 100
+    """TopK with ``aux_k``: a feature that has not fired for this many steps counts as dead."""
     l0_coefficient: float = 1.0
     """JumpReLU only: weight of ``||f||_0`` against the squared error (on normalised activations): representing a
     feature pays when it lowers the squared error by more than this."""
@@ -91,6 +99,11 @@ class SAEConfig:
                              f"{self.bandwidth}")
         if self.k < 1 or (self.activation == "topk" and self.k > self.d_sae):
             raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}")
+        if self.aux_k < 0 or self.aux_k > self.d_sae or not self.aux_coefficient > 0 or self.dead_steps < 1:
+            raise ValueError(f"need aux_k in [0, d_sae={self.d_sae}], aux_coefficient > 0 and dead_steps >= 1, got "
+                             f"{self.aux_k}, {self.aux_coefficient}, {self.dead_steps}")
+        if self.aux_k and self.activation != "topk":
+            raise ValueError(f"aux_k (AuxK) applies to TopK SAEs only, got activation={self.activation!r}")
         if not self.lr > 0 or not 0 <= self.lr_decay_fraction <= 1:
             raise ValueError(f"need lr > 0 and lr_decay_fraction in [0, 1], got {self.lr}, {self.lr_decay_fraction}")
         if self.batch_size < 1 or self.steps < 0 or self.resample_every < 0 or self.buffer_size < self.batch_size:
@@ -142,7 +155,10 @@ class SAE(nn.Module):
 
     def topk(self, x: Float[Tensor, "... d_in"]) -> tuple[Float[Tensor, "... k"], Int[Tensor, "... k"]]:
         """TopK only: the ``k`` largest (ReLU-ed) feature activations of each input and their feature indices."""
-        values, indices = self.pre_activations(x).topk(self.cfg.k, dim=-1)
+        return self._topk(self.pre_activations(x))
+
+    def _topk(self, pre: Float[Tensor, "... d_sae"]) -> tuple[Float[Tensor, "... k"], Int[Tensor, "... k"]]:
+        values, indices = pre.topk(self.cfg.k, dim=-1)
         return F.relu(values), indices
 
     def decode(self, f: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_in"]:

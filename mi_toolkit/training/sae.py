@@ -125,6 +125,7 @@ class SAETraining:
                  callback: Callable[[int, SAE], None] | None):
         self.buffer, self.config, self.scale, self.generator, self.callback = buffer, config, scale, generator, callback
         self.fired = torch.zeros(config.d_sae, dtype=torch.bool, device=buffer.data.device)
+        self.since_fired = torch.zeros(config.d_sae, dtype=torch.long, device=buffer.data.device)  # steps
         self.x: Tensor | None = None
         self.active: Tensor | None = None
 
@@ -144,12 +145,27 @@ class SAETraining:
             loss = (sae.decode(f) - x).pow(2).sum(-1).mean() + config.l0_coefficient * l0
             active = f > 0
         else:
-            values, indices = sae.topk(x)
-            loss = (sae._decode_topk(values, indices) - x).pow(2).sum(-1).mean()
+            pre = sae.pre_activations(x)
+            values, indices = sae._topk(pre)
+            x_hat = sae._decode_topk(values, indices)
+            loss = (x_hat - x).pow(2).sum(-1).mean()
             active = torch.zeros(len(x), config.d_sae, dtype=torch.bool, device=x.device).scatter(
                 -1, indices, values > 0)
+            if config.aux_k:
+                loss = loss + config.aux_coefficient * self._aux_loss(sae, pre, (x - x_hat).detach())
         self.x, self.active = x, active
         return loss
+
+    def _aux_loss(self, sae: SAE, pre: Tensor, error: Float[Tensor, "batch d_in"]) -> Tensor:
+        """AuxK: the squared error of reconstructing ``error`` from the ``aux_k`` largest pre-activations of the
+        dead features (zero while none is dead)."""
+        dead = self.since_fired >= self.config.dead_steps
+        n = min(self.config.aux_k, int(dead.sum()))
+        if n == 0:
+            return pre.new_zeros(())
+        values, indices = pre.masked_fill(~dead, float("-inf")).topk(n, dim=-1)
+        estimate = F.embedding_bag(indices, sae.W_dec, per_sample_weights=F.relu(values), mode="sum")
+        return (estimate - error).pow(2).sum(-1).mean()
 
     def after_backward(self, sae: SAE, step: int) -> None:
         if self.config.unit_norm_decoder:
@@ -160,10 +176,13 @@ class SAETraining:
         with torch.no_grad():
             if config.unit_norm_decoder:
                 sae.W_dec.copy_(F.normalize(sae.W_dec, dim=-1))
-            self.fired |= self.active.any(0)
+            fired = self.active.any(0)
+            self.fired |= fired
+            self.since_fired = (self.since_fired + 1).masked_fill(fired, 0)
         if config.resample_every and (step + 1) % config.resample_every == 0:
             if step + 1 + config.resample_every <= config.steps:
                 _resample_dead(sae, optimizer, ~self.fired, self.x, self.generator)
+                self.since_fired.masked_fill_(~self.fired, 0)  # fresh features get dead_steps to fire
             self.fired.zero_()
         if self.callback is not None:
             self.callback(step, sae)
