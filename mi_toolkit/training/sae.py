@@ -124,8 +124,9 @@ class SAETraining:
     def __init__(self, buffer: "_Buffer", config: SAEConfig, scale: float, generator: torch.Generator,
                  callback: Callable[[int, SAE], None] | None):
         self.buffer, self.config, self.scale, self.generator, self.callback = buffer, config, scale, generator, callback
-        self.fired = torch.zeros(config.d_sae, dtype=torch.bool, device=buffer.data.device)
-        self.since_fired = torch.zeros(config.d_sae, dtype=torch.long, device=buffer.data.device)  # steps
+        # Steps since each feature last fired: AuxK's dead features, and the resampler's (none fired since its last
+        # check, every resample_every steps).
+        self.since_fired = torch.zeros(config.d_sae, dtype=torch.long, device=buffer.data.device)
         self.x: Tensor | None = None
         self.active: Tensor | None = None
 
@@ -176,14 +177,12 @@ class SAETraining:
         with torch.no_grad():
             if config.unit_norm_decoder:
                 sae.W_dec.copy_(F.normalize(sae.W_dec, dim=-1))
-            fired = self.active.any(0)
-            self.fired |= fired
-            self.since_fired = (self.since_fired + 1).masked_fill(fired, 0)
-        if config.resample_every and (step + 1) % config.resample_every == 0:
-            if step + 1 + config.resample_every <= config.steps:
-                _resample_dead(sae, optimizer, ~self.fired, self.x, self.generator)
-                self.since_fired.masked_fill_(~self.fired, 0)  # fresh features get dead_steps to fire
-            self.fired.zero_()
+            self.since_fired = (self.since_fired + 1).masked_fill(self.active.any(0), 0)
+        if (config.resample_every and (step + 1) % config.resample_every == 0
+                and step + 1 + config.resample_every <= config.steps):
+            dead = self.since_fired >= config.resample_every
+            _resample_dead(sae, optimizer, dead, self.x, self.generator)
+            self.since_fired.masked_fill_(dead, 0)  # fresh features: counted from now
         if self.callback is not None:
             self.callback(step, sae)
 
