@@ -83,7 +83,8 @@ def bench_games(sizes=(6,), n_fast: int = 200_000, n_reference: int = 2000, roun
 
 
 def bench_training(steps: int = 20) -> None:
-    """Steps/s and games/s of the shipped architecture in float32 and under bfloat16 autocast (same batches)."""
+    """Steps/s and games/s of the shipped architecture in float32, under bfloat16 autocast, and under bfloat16
+    autocast compiled (the recipe's setting; compiled once in a warm-up run), on the same batches."""
     from mi_toolkit.models.factory import build_model
     from mi_toolkit.models.presets import OTHELLO_PRESETS, othello_model_config
     from mi_toolkit.tasks.othello_task import OthelloTask
@@ -91,18 +92,24 @@ def bench_training(steps: int = 20) -> None:
 
     task = OthelloTask(n_games=10**9, eval_games=16)  # the trainer evaluates at the first and last step: keep it small
     print(f"\n## training throughput ({steps} steps after 3 warm-up steps, batch {task.batch_size} games)")
-    print(f"{'precision':10s} {'steps/s':>8s} {'games/s':>9s} {'s/step':>7s}")
+    print(f"{'setting':22s} {'steps/s':>8s} {'games/s':>9s} {'s/step':>7s}")
     rates = {}
-    for precision in (None, "bf16"):
+    for name, precision, compiled in (("float32", None, False), ("bfloat16", "bf16", False),
+                                      ("bfloat16, compiled", "bf16", True)):
         model = build_model(othello_model_config(task.d_vocab, task.n_ctx, **OTHELLO_PRESETS["small"]), seed=0)
-        config = recipes.OTHELLO.replace(steps=3, autocast=precision, log_every=10**6, checkpoint_every=10**6)
-        train(model, task, config, progress=False)  # warm-up
+        config = recipes.OTHELLO.replace(steps=3, autocast=precision, compile=compiled, log_every=10**6,
+                                         checkpoint_every=10**6)
+        started = time.perf_counter()
+        train(model, task, config, progress=False)  # warm-up (and compilation)
+        warm_up = time.perf_counter() - started
         started = time.perf_counter()
         train(model, task, config.replace(steps=steps), progress=False)
         seconds = (time.perf_counter() - started) / steps
-        rates[precision] = 1 / seconds
-        print(f"{precision or 'float32':10s} {1 / seconds:8.2f} {task.batch_size / seconds:9.0f} {seconds:7.3f}")
-    print(f"bfloat16 / float32: {rates['bf16'] / rates[None]:.2f}x")
+        rates[name] = 1 / seconds
+        print(f"{name:22s} {1 / seconds:8.2f} {task.batch_size / seconds:9.0f} {seconds:7.3f}"
+              + (f"   (warm-up with compilation {warm_up:.1f} s)" if compiled else ""))
+    print(f"bfloat16 / float32: {rates['bfloat16'] / rates['float32']:.2f}x; compiled / not: "
+          f"{rates['bfloat16, compiled'] / rates['bfloat16']:.2f}x")
 
 
 def bench_probes(n_games: int = 3000) -> None:
@@ -136,7 +143,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per engine")
     parser.add_argument("--direct-limit", type=float, default=30.0,
                         help="time 1M games directly where expected to take at most this many seconds")
-    parser.add_argument("--train-steps", type=int, default=20, help="timed training steps per precision")
+    parser.add_argument("--train-steps", type=int, default=20, help="timed training steps per setting")
     parser.add_argument("--probe-games", type=int, default=3000, help="games whose activations the probes read")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -150,11 +150,11 @@ def _othello(args: argparse.Namespace) -> int:
         print(f"mi-toolkit othello: {err}", file=sys.stderr)
         return 2
     a = run.analysis
-    best = max(a["probes"]["mine"], key=lambda row: row["test"])
+    best, best_logistic = (max(a["probes"][kind], key=lambda row: row["test"]) for kind in ("mine", "mine_logistic"))
     print(json.dumps({"out": str(run.path), **{k: a[k] for k in ("legal_top1", "n_params", "steps", "games_seen",
                                                                   "seconds")},
-                      "probe_mine": {k: best[k] for k in ("hook_name", "test", "test_occupied", "control",
-                                                          "random_model")},
+                      **{name: {k: row[k] for k in ("hook_name", "test", "test_occupied", "control", "random_model")}
+                         for name, row in (("probe_mine", best), ("probe_mine_logistic", best_logistic))},
                       "edits": {k: a["edits"][k] for k in ("none", "probe", "random", "reduction")}}, indent=2))
     if a["legal_top1"] < 0.99:
         print(f"mi-toolkit othello: legal top-1 {a['legal_top1']:.4f} is below 0.99", file=sys.stderr)

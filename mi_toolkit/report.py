@@ -207,6 +207,8 @@ def write_othello_report(path, model, task, history: list[dict], analysis: dict,
     mine, colour = a["probes"]["mine"], a["probes"]["colour"]
     best = max(mine, key=lambda row: row["test"])
     best_colour = max(colour, key=lambda row: row["test"])
+    logistic = a["probes"]["mine_logistic"]
+    best_logistic = max(logistic, key=lambda row: row["test"])
     e = a["edits"]
     rows = [["legal top-1 (held-out games)", f"{a['legal_top1']:.5f}"], ["held-out loss", f"{a['heldout_loss']:.4f}"],
             ["parameters", f"{a['n_params']:,}"], ["steps / games seen", f"{a['steps']:,} / {a['games_seen']:,}"],
@@ -214,6 +216,10 @@ def write_othello_report(path, model, task, history: list[dict], analysis: dict,
             ["best mine/theirs/empty probe", f"{best['hook_name']}: {best['test']:.4f} (occupied squares "
                                              f"{best['test_occupied']:.4f}; control {_fmt(best['control'])}, random "
                                              f"model {_fmt(best['random_model'])}, majority {_fmt(best['majority'])})"],
+            ["best mine/theirs/empty probe, logistic (AdamW)",
+             f"{best_logistic['hook_name']}: {best_logistic['test']:.4f} (occupied squares "
+             f"{best_logistic['test_occupied']:.4f}; control {_fmt(best_logistic['control'])}, random model "
+             f"{_fmt(best_logistic['random_model'])})"],
             ["best black/white/empty probe", f"{best_colour['hook_name']}: {best_colour['test']:.4f} (occupied "
                                              f"{best_colour['test_occupied']:.4f})"],
             ["probe edits: errors per case (none / probe / random)",
@@ -230,7 +236,8 @@ def write_othello_report(path, model, task, history: list[dict], analysis: dict,
         ("Summary", banner + table_html(["", "value"], rows)),
         ("Training", plot.othello_training(history)),
         ("Legal top-1 by move number", plot.legal_by_move(a["legal_by_move"])),
-        ("Probes by layer", plot.probe_accuracy_by_layer({"mine/theirs/empty": mine, "black/white/empty": colour})),
+        ("Probes by layer", plot.probe_accuracy_by_layer(
+            {"mine/theirs/empty": mine, "mine/theirs/empty, logistic": logistic, "black/white/empty": colour})),
         ("Probe accuracy per square (best layer, held out)",
          plot.board_heatmaps([best["test_per_square"], best_colour["test_per_square"]],
                              [f"mine/theirs/empty ({plot.short_hook_name(best['hook_name'])})",

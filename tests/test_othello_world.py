@@ -193,10 +193,11 @@ def test_cli_exit_codes(tmp_path, capsys):
 
 
 # --- the shipped model's claims, measured with the engine ---
-# Measured on the shipped model (README, "Othello"): legal top-1 0.9845 on the run's held-out games, best
-# mine/theirs/empty probe 0.933 (occupied 0.883), black/white/empty 0.757, edits 2.29 -> 1.34 errors (random 3.02).
-# The thresholds sit a little below those numbers; the targets (99% legal, 95% / 90% probes, 5x fewer edit
-# errors) are not reached by this model and are not asserted.
+# Measured on the shipped model (README, "Othello"): legal top-1 0.9865 on the run's held-out games (0.9848 on the
+# 300 games below), best mine/theirs/empty ridge probe 0.946 (occupied 0.905; 0.946 / 0.905 on the games below),
+# black/white/empty 0.757, edits 2.12 -> 1.08 errors (random 2.88; 2.01 -> 0.98 on the cases below). The thresholds
+# sit a little below those numbers; the targets not reached by this model (99% legal, 95% probe, 5x fewer
+# edit errors) are not asserted.
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +219,7 @@ def test_shipped_model_plays_legal_moves(shipped):
                 break
             hits += int(task.squares[top[g, t]]) in records[t]["legal"]
             total += 1
-    assert hits / total >= 0.97, f"legal top-1 {hits / total:.4f}"
+    assert hits / total >= 0.98, f"legal top-1 {hits / total:.4f}"
     assert json.loads((shipped.path / "config.json").read_text())["seed"] == 0
 
 
@@ -229,8 +230,8 @@ def test_shipped_model_has_a_linear_mine_theirs_board(shipped):
     colour = mt.othello.board_probes(shipped.model, shipped.task, games, "colour", positions=positions,
                                      random_model=False, control=False)
     best = max(mine.test, key=lambda name: mine.test[name].overall)
-    assert mine.test[best].overall >= 0.92
-    assert mine.test[best].among([1, 2]).overall >= 0.86
+    assert mine.test[best].overall >= 0.935
+    assert mine.test[best].among([1, 2]).overall >= 0.89
     assert max(a.overall for a in colour.test.values()) < mine.test[best].overall - 0.1
     assert mine.random_model[best].overall < mine.test[best].overall - 0.1
     assert mine.selectivity()[best] > 0.1
@@ -248,6 +249,6 @@ def test_shipped_model_follows_probe_edits(shipped):
     errors = mt.othello.evaluate_flips(shipped.model, shipped.task,
                                        {name: probes.probes[name] for name in a["hook_names"]}, cases,
                                        margin=a["margin"], threshold=a["threshold"])
-    assert errors.probe < 0.7 * errors.none, errors  # the edited board's moves, partly
+    assert errors.probe < 0.6 * errors.none, errors  # the edited board's moves, partly
     assert errors.random > errors.none, errors  # an equal-norm random edit does not move towards them
     assert not has_hooks(shipped.model)

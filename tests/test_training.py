@@ -193,3 +193,41 @@ def test_same_seed_same_weights_with_two_threads():
     for name, value in weights[0].items():
         assert torch.equal(value, weights[1][name]), name
     assert not torch.are_deterministic_algorithms_enabled()  # the global setting is restored
+
+
+def _induction_losses(config):
+    model = mt.make_induction_model(seed=0)
+    history = train(model, mt.InductionTask(), config, progress=False).history
+    return model, [r["loss"] for r in history[1:]]
+
+
+INDUCTION_CONFIG = TrainConfig(steps=12, lr=1e-2, weight_decay=0.01, warmup_steps=3, log_every=3,
+                               checkpoint_every=1000)
+
+
+def test_compiled_training_follows_eager_and_repeats_itself(recwarn):
+    # torch.compile changes the float rounding only: the losses follow eager training's, and a second compiled run
+    # gives the same numbers (the same seed, the same numbers).
+    _, eager = _induction_losses(INDUCTION_CONFIG)
+    first_model, compiled = _induction_losses(INDUCTION_CONFIG.replace(compile=True))
+    second_model, again = _induction_losses(INDUCTION_CONFIG.replace(compile=True))
+    assert not [w for w in recwarn if "torch.compile failed" in str(w.message)]  # it really compiled
+    assert compiled == pytest.approx(eager, rel=1e-3) and eager[-1] < eager[0]
+    assert compiled == again
+    for name, value in first_model.state_dict().items():
+        assert torch.equal(value, second_model.state_dict()[name]), name
+
+
+def _uncompilable(*args, **kwargs):
+    """What ``torch.compile`` gives where compilation fails (no C++ compiler): an error at the first call."""
+    raise RuntimeError("InductorError: no working C++ compiler found")
+
+
+def test_failed_compilation_warns_and_trains_eagerly(monkeypatch):
+    eager_model, eager = _induction_losses(INDUCTION_CONFIG)
+    monkeypatch.setattr(torch, "compile", lambda forward, **kwargs: _uncompilable)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no working C\\+\\+ compiler.*training eagerly"):
+        model, fallback = _induction_losses(INDUCTION_CONFIG.replace(compile=True))
+    assert fallback == eager
+    for name, value in eager_model.state_dict().items():
+        assert torch.equal(value, model.state_dict()[name]), name

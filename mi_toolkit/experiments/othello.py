@@ -2,8 +2,8 @@
 the 6x6 model it produced with its default seed, shipped in the package (:func:`pretrained`).
 
 :func:`run_othello` trains an Othello-GPT on random legal games, measures how often its top move is legal (overall
-and by move number), fits "mine / theirs / empty" and "black / white / empty" probes at every layer beside their
-baselines, scores probe edits against the engine (Li et al. 2023's intervention test, with an equal-norm random
+and by move number), fits "mine / theirs / empty" (closed-form ridge, and logistic regression by AdamW as Nanda
+trains them) and "black / white / empty" probes at every layer beside their baselines, scores probe edits against the engine (Li et al. 2023's intervention test, with an equal-norm random
 control), and writes a run directory with ``report.html``.
 """
 
@@ -18,6 +18,7 @@ from mi_toolkit.analysis.othello import (
     move_probabilities,
     probe_positions,
 )
+from mi_toolkit.analysis.probes import ProbeConfig
 from mi_toolkit.core.io import Run, load_json, save_json, save_tensors
 from mi_toolkit.core.tl import get_act_name
 from mi_toolkit.experiments.runs import check_out_dir, load_model, load_run, register_loader
@@ -166,6 +167,7 @@ def analyse_othello(model, task: OthelloTask, config: OthelloConfig) -> dict:
     games = random_games(config.probe_games, task.size, seed=(config.seed, 2))
     positions = probe_positions(task)
     mine = board_probes(model, task, games, "mine", positions=positions)
+    logistic = board_probes(model, task, games, "mine", ProbeConfig(method="adamw"), positions=positions)
     colour = board_probes(model, task, games, "colour", positions=positions, random_model=False)
     best = max(mine.test, key=lambda name: mine.test[name].overall)
     layers = [get_act_name("resid_post", layer) for layer in range(model.cfg.n_layers)]
@@ -190,7 +192,8 @@ def analyse_othello(model, task: OthelloTask, config: OthelloConfig) -> dict:
         "heldout_loss": evaluation["loss"],
         "legal_by_move": [round(x, 5) for x in evaluation["legal_by_move"].tolist()],
         "n_params": sum(p.numel() for p in model.parameters()),
-        "probes": {"mine": board_probe_table(mine), "colour": board_probe_table(colour), "best_layer": best,
+        "probes": {"mine": board_probe_table(mine), "mine_logistic": board_probe_table(logistic),
+                   "colour": board_probe_table(colour), "best_layer": best,
                    "n_games": config.probe_games, "positions": [positions.start, positions.stop - 1]},
         "edits": {"hook_names": list(edits.hook_names), "none": edits.none, "probe": edits.probe,
                   "random": edits.random, "unedited": edits.unedited, "reduction": edits.reduction,

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -90,6 +91,12 @@ class TrainConfig:
     autocast: str | None = None
     """``"bf16"``: compute the training loss under ``torch.autocast`` in bfloat16 (weights, optimizer and evaluation
     stay float32); on CPUs with AVX512-BF16 about 1.3-1.9x faster steps for the Othello models. None: float32."""
+    compile: bool = False
+    """Run the training forward and backward passes through ``torch.compile(model)`` (evaluation stays eager):
+    1.8x faster steps for the Othello model on 2 CPU cores after about 10 s of compilation, which fuses the
+    elementwise work that dominates small models. Needs a C++ compiler on CPU; if compilation fails the run warns
+    and trains eagerly. Numbers differ from eager ones by float rounding; the same seed gives the same numbers
+    from one compiled run to the next."""
     log_every: int = 100
     """Evaluate and record metrics every this many steps (and at step 0 and the last step)."""
     checkpoint_every: int = 1000
@@ -248,6 +255,7 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
                          if k in ("loss", "test_loss", "test_acc", "l0") and v is not None})
         return stopping
 
+    compiled = torch.compile(model.forward, dynamic=False) if config.compile else None
     bar = tqdm(total=config.steps, initial=start, disable=not progress, desc=getattr(task, "name", "train"),
                dynamic_ncols=True)
     done, stopping = start, False
@@ -258,8 +266,16 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
         if start == 0:
             stopping = log(0, None)
         for step in range(start, start if stopping else config.steps):
-            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.autocast == "bf16"):
-                loss = task.loss(model, task.train_batch(step))
+            batch = task.train_batch(step)
+            try:
+                loss = _forward_backward(task, model, batch, optimizer, device_type, config.autocast, compiled)
+            except Exception as error:
+                if compiled is None:
+                    raise
+                warnings.warn(f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); training eagerly "
+                              "instead", RuntimeWarning, stacklevel=3)
+                compiled = None
+                loss = _forward_backward(task, model, batch, optimizer, device_type, config.autocast, None)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 last = state.last_checkpoint_step
@@ -268,8 +284,6 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
                     + (f"The last good checkpoint is step {last} in {run_dir}." if last else "No checkpoint written.")
                     + " Try a lower learning rate or a gradient clip."
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             if after_backward is not None:
                 after_backward(model, step)
             if grad_filter is not None:
@@ -291,6 +305,24 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
     finally:
         bar.close()
     return TrainResult(history, done, stopping and done < config.steps, start or None, time.perf_counter() - started)
+
+
+def _forward_backward(task: Task, model: nn.Module, batch, optimizer, device_type: str, autocast: str | None,
+                      compiled_forward: Callable | None) -> Tensor:
+    """The training loss on ``batch``, with its gradients; through ``compiled_forward`` (``torch.compile`` of the
+    model's ``forward``) where given. That forward is set on the model itself, for this loss only, so the task
+    still receives the model (its type, hooks and attributes) and evaluation stays eager."""
+    optimizer.zero_grad(set_to_none=True)
+    if compiled_forward is not None:
+        model.forward = compiled_forward  # an instance attribute over the class's method
+    try:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast == "bf16"):
+            loss = task.loss(model, batch)
+        loss.backward()
+    finally:
+        if compiled_forward is not None:
+            del model.forward
+    return loss
 
 
 class _TrainState:
