@@ -98,7 +98,7 @@ from mi_toolkit.experiments import grokking
 
 # --- facts: knowledge base, causal tracing, model editing (ROME, MEMIT) ---
 from mi_toolkit.analysis import tracing
-from mi_toolkit.analysis.tracing import attention_knockout, causal_trace
+from mi_toolkit.analysis.tracing import attention_knockout, causal_trace, causal_traces
 from mi_toolkit.experiments import FactsConfig, load_packaged_fact_model, run_facts
 
 # --- a language model trained here on the standard library's source (the SAE replication's model) ---

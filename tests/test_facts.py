@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mi_toolkit as mt
-from mi_toolkit.analysis.tracing import attention_knockout, causal_trace, window_layers
+from mi_toolkit.analysis.tracing import attention_knockout, causal_trace, causal_traces, window_layers
 from mi_toolkit.experiments.facts import TINY_KB
 from mi_toolkit.tasks.facts import BOS, PAD, FactTask, KnowledgeBase
 from mi_toolkit.tasks.reversal import ReversalTask
@@ -170,7 +170,30 @@ def test_vectorised_trace_equals_a_loop_of_hooks(tiny_fact_run, kind, window):
         assert trace.scores[-1, -1].item() == pytest.approx(trace.clean_prob, abs=1e-5)
 
 
+@pytest.mark.parametrize("kind, window, max_rows", [("resid", 1, 2048), ("mlp", 3, 12), ("attn", 2, 8)])
+def test_traces_of_many_prompts_equal_one_at_a_time(tiny_fact_run, kind, window, max_rows):
+    """Prompts traced together (in groups of max_rows // n_samples, restores split over passes) give each prompt
+    the trace it gets alone with seed + i, its own noise level included."""
+    model, run = tiny_fact_run
+    records = run.task.kb.edit_records(5, relation=run.task.kb.relations[0], seed=9)  # one template
+    tokens = torch.tensor([r.prompt.tokens for r in records])
+    answers = [r.true for r in records]
+    traces = causal_traces(model, tokens, records[0].prompt.subject_positions, answers, kind=kind, window=window,
+                           n_samples=4, seed=3, max_rows=max_rows)
+    assert len(traces) == len(records)
+    for i, (record, trace) in enumerate(zip(records, traces)):
+        alone = causal_trace(model, tokens[i], record.prompt.subject_positions, record.true, kind=kind,
+                             window=window, n_samples=4, seed=3 + i)
+        torch.testing.assert_close(trace.scores, alone.scores, atol=2e-6, rtol=1e-5)
+        assert trace.noised_prob == pytest.approx(alone.noised_prob, abs=2e-6)
+        assert trace.clean_prob == pytest.approx(alone.clean_prob, abs=1e-6)
+        assert (trace.kind, trace.window, trace.subject_positions) == (kind, window, alone.subject_positions)
+    assert len({round(t.noised_prob, 6) for t in traces}) > 1  # different prompts, different traces
+
+
 @pytest.mark.parametrize("call", [
+    lambda m, t: causal_traces(m, t[None].repeat(2, 1), (1, 2), [3]),  # one answer for two prompts
+    lambda m, t: causal_traces(m, t[None].repeat(2, 1), (1, 2), [3, 10_000]),
     lambda m, t: causal_trace(m, t, (1, 2), 3, kind="embed"),
     lambda m, t: causal_trace(m, t, (1, 2), 3, kind="resid", window=2),
     lambda m, t: causal_trace(m, t, (1, 99), 3),

@@ -8,7 +8,7 @@ from mi_toolkit.analysis import (
 from mi_toolkit.analysis.dashboard import FeatureDashboard, feature_dashboard_data
 from mi_toolkit.analysis import edits, tracing
 from mi_toolkit.analysis.edits import EditScores, edit_scores, summarise_scores
-from mi_toolkit.analysis.tracing import Knockout, Trace, attention_knockout, causal_trace
+from mi_toolkit.analysis.tracing import Knockout, Trace, attention_knockout, causal_trace, causal_traces
 from mi_toolkit.analysis.fourier import key_frequencies, logit_decomposition, neuron_clusters
 from mi_toolkit.analysis.heads import HEAD_TYPES, detection_pattern, head_scores, induction_measures, model_head_scores
 from mi_toolkit.analysis.logit_attribution import head_attribution, layer_attribution, logit_lens, neuron_attribution

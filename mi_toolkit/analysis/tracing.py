@@ -6,12 +6,14 @@ then noised again with one clean state restored: the residual stream after a lay
 attention in a window of layers around it, at one position. The indirect effect of a state is
 ``P_restored(answer) - P_noised(answer)``; the total effect is ``P_clean(answer) - P_noised(answer)``.
 
-The sweep is vectorised like :mod:`mi_toolkit.analysis.patching`: the noised batch (``n_samples`` noise draws) is
-repeated once per restored state, as many copies per forward pass as ``max_rows`` allows, and one hook per layer
-writes the clean state into the copies that restore it. Each pass restarts from the noised run's residual stream
-at the first layer its restores touch (the layers before it are the noised run's), so a pass costs what remains of
-the model. Restores before the first subject position cannot change anything in a causal model (the noise has not
-reached them), so they are not run and score ``P_noised`` exactly.
+The sweep runs on :mod:`mi_toolkit.analysis.patching`'s engine: the noised batch (``n_samples`` noise draws per
+prompt, and many prompts of one template at once with :func:`causal_traces`) is repeated once per restored state,
+about 256 rows per forward pass, and one hook per layer writes the clean state into the copies that restore it.
+Each pass restarts from the noised run at the first layer and the first position its restores touch, with the
+noised keys and values of the earlier positions as a frozen key-value cache, so a pass costs what remains of the
+model after its restores. Restores that cannot change the answer in a causal model are not run and score
+``P_noised`` exactly: those before the first subject position (the noise has not reached them) and those in the
+last layer before the last position.
 
 Attention knockout blocks the answer position from attending to chosen positions (the subject) in a window of
 layers, one window per copy in one forward pass, and records the relative change of ``P(answer)``.
@@ -24,10 +26,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from mi_toolkit.analysis.patching._restart import CorruptedRun, patch_hook
 from mi_toolkit.core.tl import HookedTransformer, get_act_name
 
-__all__ = ["KINDS", "Knockout", "Trace", "attention_knockout", "causal_trace", "noise_level", "trace_noise",
-           "window_layers"]
+__all__ = ["KINDS", "Knockout", "Trace", "attention_knockout", "causal_trace", "causal_traces", "noise_level",
+           "trace_noise", "window_layers"]
 
 KINDS = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
 """What a trace restores, and the activation it names: the residual stream after each layer, the MLP's output, or
@@ -93,7 +96,6 @@ def window_layers(layer: int, window: int, n_layers: int) -> range:
     return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
 
 
-@torch.no_grad()
 def causal_trace(
     model: HookedTransformer,
     tokens: Int[Tensor, " pos"],
@@ -127,69 +129,116 @@ def causal_trace(
     Raises:
         ValueError: unknown kind, bad window, positions or tokens out of range, before any forward pass.
     """
-    tokens, subject = _check(model, tokens, subject_positions, answer)
+    tokens, _ = _check(model, tokens, subject_positions, answer)
+    return causal_traces(model, tokens[None], subject_positions, [answer], kind=kind, window=window, noise=noise,
+                         n_samples=n_samples, seed=seed, max_rows=max_rows)[0]
+
+
+@torch.no_grad()
+def causal_traces(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "prompt pos"],
+    subject_positions: Sequence[int],
+    answers: Sequence[int],
+    *,
+    kind: str = "resid",
+    window: int = 1,
+    noise: float | None = None,
+    n_samples: int = 10,
+    seed: int = 0,
+    max_rows: int = 2048,
+) -> list[Trace]:
+    """:func:`causal_trace` of many prompts of one length with the subject at the same positions (one template, as
+    in an average over facts), sharing forward passes: prompt ``i`` gets the trace ``causal_trace`` gives it with
+    ``seed + i``.
+
+    Args:
+        tokens: ``[n_prompts, pos]``.
+        answers: the traced token of each prompt.
+        noise: one standard deviation for all prompts (default: each prompt's ``noise_level`` of its own subject
+            tokens, as ``causal_trace`` does).
+        max_rows: rows (restores x prompts x samples) per forward pass; prompts are taken in groups that fit.
+        The others: as :func:`causal_trace`.
+
+    Returns:
+        One :class:`Trace` per prompt.
+
+    Raises:
+        ValueError: as :func:`causal_trace`, and for ``tokens`` that are not ``[n_prompts, pos]`` or a number of
+            answers that differs from the number of prompts, before any forward pass.
+    """
+    if tokens.ndim != 2 or not len(tokens):
+        raise ValueError(f"expected prompts of one length, tokens of shape [n_prompts, pos], got {tuple(tokens.shape)}")
+    answers = [int(a) for a in answers]
+    if len(answers) != len(tokens):
+        raise ValueError(f"{len(answers)} answers for {len(tokens)} prompts")
+    subject = ()
+    for prompt, answer in zip(tokens, answers):
+        prompt, subject = _check(model, prompt, subject_positions, answer)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
     if window < 1 or (kind == "resid" and window != 1):
         raise ValueError(f"window must be >= 1 (and 1 for kind='resid'), got {window}")
     if n_samples < 1 or max_rows < n_samples:
         raise ValueError(f"need n_samples >= 1 and max_rows >= n_samples, got {n_samples}, {max_rows}")
-    n_layers, n_pos, device = model.cfg.n_layers, len(tokens), tokens.device
-    names = [get_act_name(KINDS[kind], layer) for layer in range(n_layers)]
-    logits, cache = model.run_with_cache(tokens[None], names_filter=lambda name: name in names)
-    clean_prob = logits[0, -1].softmax(-1)[answer].item()
-    clean = [cache[name][0] for name in names]  # each (pos, d_model)
-    if noise is None:
-        noise = noise_level(model, tokens[list(subject)])
-    draws = trace_noise(n_samples, len(subject), model.cfg.d_model, noise, seed).to(device, model.cfg.dtype)
-    # The noised run, keeping each layer's input: a pass whose first restore is in layer s starts there.
-    starts = [get_act_name("resid_pre", layer) for layer in range(n_layers)]
-    index = torch.tensor(subject, device=device)
+    tokens = tokens.to(model.W_E.device)
+    group = max_rows // n_samples
+    return [trace for first in range(0, len(tokens), group)
+            for trace in _trace_group(model, tokens[first : first + group], subject, answers[first : first + group],
+                                      kind, window, noise, n_samples, seed + first, max_rows)]
 
-    def add_noise(embed: Tensor, hook) -> Tensor:
+
+def _trace_group(model, tokens, subject, answers, kind, window, noise, n_samples, seed, max_rows) -> list[Trace]:
+    """The traces of prompts that fit one forward pass together (checked input)."""
+    n_layers, (n_prompts, n_pos), device = model.cfg.n_layers, tokens.shape, tokens.device
+    names = [get_act_name(KINDS[kind], layer) for layer in range(n_layers)]
+    logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
+    answers = torch.tensor(answers, device=device)
+    clean_probs = logits[:, -1].softmax(-1).gather(1, answers[:, None])[:, 0].tolist()
+    rows = n_prompts * n_samples  # the noised batch: prompt-major, a row per noise sample
+    clean = [cache[name].repeat_interleave(n_samples, 0) for name in names]  # each (row, pos, d_model)
+    index = torch.tensor(subject, device=device)
+    levels = [noise if noise is not None else noise_level(model, prompt[index]) for prompt in tokens]
+    draws = torch.cat([trace_noise(n_samples, len(subject), model.cfg.d_model, level, seed + i)
+                       for i, level in enumerate(levels)]).to(device, model.cfg.dtype)  # (row, subj, d_model)
+
+    def add_noise(embed: Tensor, hook) -> Tensor:  # on the noised batch, or copies of it
         embed = embed.clone()
-        embed[:, index] += draws
+        embed[:, index] += draws.repeat(len(embed) // rows, 1, 1)
         return embed
 
+    # The noised run, which restored passes restart from: in the layer of their first restore, at the position of
+    # their first restore, with the noised keys and values before it (the patching engine's restart).
     with model.hooks(fwd_hooks=[("hook_embed", add_noise)]):
-        logits, noised_cache = model.run_with_cache(tokens[None].expand(n_samples, -1),
-                                                    names_filter=lambda name: name in starts)
-    noised_prob = logits[:, -1].softmax(-1)[:, answer].mean().item()
+        run = CorruptedRun.build(model, tokens.repeat_interleave(n_samples, 0), list(range(n_layers)))
+    row_answers = answers.repeat_interleave(n_samples)
+    noised_probs = run.logits[:, -1].softmax(-1).gather(1, row_answers[:, None]).view(n_prompts, n_samples).mean(1)
 
-    # Restores (layer, pos), grouped by the first layer they touch; those before the first subject position are
-    # no-ops (the noise has not reached them) and keep P_noised.
-    first = min(subject)
-    scores = torch.full((n_layers, n_pos), noised_prob)
-    per_pass = max_rows // n_samples
+    # Restores (layer, pos) grouped by the first layer they touch, in position order. No-ops keep P_noised: those
+    # before the first subject position (the noise has not reached them), and those only in the last layer
+    # before the last position (nothing after them reads them).
+    scores = noised_probs.cpu()[:, None, None].repeat(1, n_layers, n_pos)  # (prompt, layer, pos)
+    # Passes of about 256 rows spanning at most a quarter of the positions, as the patching engine's.
+    per_pass = max(1, min(max_rows // rows, max(-(-n_pos // 4), 256 // rows)))
     for start in range(n_layers):
-        group = [(layer, pos) for layer in range(n_layers) for pos in range(first, n_pos)
-                 if window_layers(layer, window, n_layers)[0] == start]
-        for offset in range(0, len(group), per_pass):
-            chunk = group[offset : offset + per_pass]
-            masks = torch.zeros(n_layers, len(chunk), n_pos, dtype=torch.bool)  # (layer, copy, pos): restore here
+        restores = [(layer, pos) for pos in range(min(subject), n_pos) for layer in range(n_layers)
+                    if window_layers(layer, window, n_layers)[0] == start and (start < n_layers - 1 or pos == n_pos - 1)]
+        for offset in range(0, len(restores), per_pass):
+            chunk = restores[offset : offset + per_pass]
+            first = chunk[0][1] if run.kv is not None else 0  # full passes (no restart) start at position 0
+            masks = torch.zeros(n_layers, len(chunk), 1, n_pos - first, 1, dtype=torch.bool)  # (layer, copy, 1, pos, 1)
             for c, (layer, pos) in enumerate(chunk):
-                masks[list(window_layers(layer, window, n_layers)), c, pos] = True
+                masks[list(window_layers(layer, window, n_layers)), c, 0, pos - first] = True
             masks = masks.to(device)
-            hooks = [(names[layer], _restore_hook(clean[layer], masks[layer], n_samples))
+            hooks = [(names[layer], patch_hook(clean[layer][:, first:], masks[layer], len(chunk)))
                      for layer in range(n_layers) if masks[layer].any()]
-            resid = noised_cache[starts[start]].repeat(len(chunk), 1, 1)  # (copy * sample, pos, d_model)
-            with model.hooks(fwd_hooks=hooks):
-                logits = model(resid, start_at_layer=start)
-            probs = logits[:, -1].softmax(-1)[:, answer].view(len(chunk), n_samples).mean(1).cpu()
+            logits = run.logits_with(model, start, first, len(chunk), [("hook_embed", add_noise), *hooks])
+            probs = (logits[:, -1].softmax(-1).gather(1, row_answers.repeat(len(chunk))[:, None])
+                     .view(len(chunk), n_prompts, n_samples).mean(2).cpu())
             for c, (layer, pos) in enumerate(chunk):
-                scores[layer, pos] = probs[c]
-    return Trace(kind, window, scores, clean_prob, noised_prob, subject)
-
-
-def _restore_hook(clean: Float[Tensor, "pos d_model"], mask: Tensor, n_samples: int):
-    """Write ``clean`` into the positions ``mask[copy, pos]`` of every sample of each copy."""
-
-    def hook(act: Tensor, hook) -> Tensor:
-        copies = mask.shape[0]
-        act = act.view(copies, n_samples, *act.shape[1:])  # (copy, sample, pos, d_model)
-        return torch.where(mask[:, None, :, None], clean, act).flatten(0, 1)
-
-    return hook
+                scores[:, layer, pos] = probs[c]
+    return [Trace(kind, window, scores[i], clean_probs[i], noised_probs[i].item(), subject)
+            for i in range(n_prompts)]
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import torch
 
 from mi_toolkit import plot
 from mi_toolkit.analysis.edits import edit_scores, summarise_scores
-from mi_toolkit.analysis.tracing import attention_knockout, causal_trace, noise_level
+from mi_toolkit.analysis.tracing import attention_knockout, causal_traces, noise_level
 from mi_toolkit.core.io import Run, save_json, save_tensors
 from mi_toolkit.experiments.runs import check_out_dir, load_model, register_loader
 from mi_toolkit.interventions.editing import EditConfig, rome, second_moments
@@ -130,8 +130,9 @@ def trace_facts(model, kb: KnowledgeBase, *, n: int = 32, relation: str | None =
     out = {"relation": relation, "n": n, "noise": noise, "words": kb.decode(records[0].prompt.tokens),
            "subject_positions": list(records[0].prompt.subject_positions)}
     for kind in ("resid", "mlp", "attn"):
-        traces = [causal_trace(model, torch.tensor(r.prompt.tokens), r.prompt.subject_positions, r.true, kind=kind,
-                               noise=noise, n_samples=n_samples, seed=seed + i) for i, r in enumerate(records)]
+        traces = causal_traces(model, torch.tensor([r.prompt.tokens for r in records]),
+                               records[0].prompt.subject_positions, [r.true for r in records], kind=kind, noise=noise,
+                               n_samples=n_samples, seed=seed)
         effect = torch.stack([t.indirect_effect for t in traces]).mean(0)
         peak = int(effect.argmax())
         out[kind] = {"indirect_effect": effect.tolist(), "peak": [peak // effect.shape[1], peak % effect.shape[1]],
