@@ -191,6 +191,28 @@ def test_traces_of_many_prompts_equal_one_at_a_time(tiny_fact_run, kind, window,
     assert len({round(t.noised_prob, 6) for t in traces}) > 1  # different prompts, different traces
 
 
+@pytest.mark.parametrize("fields", [
+    # no key-value restart: every pass is a full forward pass from the tokens, with the noise added again
+    dict(d_mlp=8, normalization_type="LN", positional_embedding_type="shortformer"),
+    # restarts with rotary offsets, RMS norm, three layers
+    dict(d_mlp=8, normalization_type="RMS", positional_embedding_type="rotary", n_layers=3),
+])
+@pytest.mark.parametrize("kind, window", [("resid", 1), ("mlp", 2), ("attn", 1)])
+def test_traces_on_other_architectures_equal_a_loop_of_hooks(make_tiny_transformer, tiny_tokens, fields, kind,
+                                                              window):
+    model = make_tiny_transformer(seed=1, act_fn="gelu", **fields)
+    restarts = mt.core.supports(model, "kv_restart")
+    assert restarts == (fields["positional_embedding_type"] == "rotary")
+    tokens = tiny_tokens[0]  # 3 prompts of 6 tokens
+    answers = [3, 5, 7]
+    traces = causal_traces(model, tokens, (1, 2), answers, kind=kind, window=window, noise=0.7, n_samples=3,
+                           seed=4, max_rows=7)  # groups of 2 prompts, a restore per pass
+    for i, trace in enumerate(traces):
+        expected, noised = _loop_trace(model, tokens[i], (1, 2), answers[i], kind, window, 0.7, 3, 4 + i)
+        torch.testing.assert_close(trace.scores, expected, atol=2e-6, rtol=1e-5)
+        assert trace.noised_prob == pytest.approx(noised.item(), abs=2e-6)
+
+
 @pytest.mark.parametrize("call", [
     lambda m, t: causal_traces(m, t[None].repeat(2, 1), (1, 2), [3]),  # one answer for two prompts
     lambda m, t: causal_traces(m, t[None].repeat(2, 1), (1, 2), [3, 10_000]),

@@ -2,6 +2,7 @@
 Grokfast filters, and determinism."""
 
 import json
+import warnings
 import math
 
 import pytest
@@ -205,12 +206,25 @@ INDUCTION_CONFIG = TrainConfig(steps=12, lr=1e-2, weight_decay=0.01, warmup_step
                                checkpoint_every=1000)
 
 
-def test_compiled_training_follows_eager_and_repeats_itself(recwarn):
+def test_compiled_training_follows_eager_and_repeats_itself(recwarn, monkeypatch):
     # torch.compile changes the float rounding only: the losses follow eager training's, and a second compiled run
     # gives the same numbers (the same seed, the same numbers).
     _, eager = _induction_losses(INDUCTION_CONFIG)
+    calls, compile_ = [], torch.compile
+
+    def counted_compile(forward, **kwargs):  # every training step must go through the compiled forward
+        compiled = compile_(forward, **kwargs)
+
+        def counted(*args, **kw):
+            calls.append(1)
+            return compiled(*args, **kw)
+
+        return counted
+
+    monkeypatch.setattr(torch, "compile", counted_compile)
     first_model, compiled = _induction_losses(INDUCTION_CONFIG.replace(compile=True))
     second_model, again = _induction_losses(INDUCTION_CONFIG.replace(compile=True))
+    assert len(calls) == 2 * INDUCTION_CONFIG.steps
     assert not [w for w in recwarn if "torch.compile failed" in str(w.message)]  # it really compiled
     assert compiled == pytest.approx(eager, rel=1e-3) and eager[-1] < eager[0]
     assert compiled == again
@@ -231,3 +245,23 @@ def test_failed_compilation_warns_and_trains_eagerly(monkeypatch):
     assert fallback == eager
     for name, value in eager_model.state_dict().items():
         assert torch.equal(value, model.state_dict()[name]), name
+
+
+def test_a_task_error_under_compile_is_the_task_s_own(monkeypatch):
+    """An error that eager training raises too is not reported as a failed compilation."""
+
+    class Broken(mt.InductionTask):
+        def loss(self, model, batch):
+            raise ValueError("the task's own bug")
+
+    with pytest.raises(ValueError, match="the task's own bug"), warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        train(mt.make_induction_model(seed=0), Broken(), INDUCTION_CONFIG.replace(compile=True), progress=False)
+
+
+def test_a_compiled_run_resumes_eagerly(tmp_path):
+    task = mt.InductionTask()
+    config = INDUCTION_CONFIG.replace(checkpoint_every=6, compile=True)
+    train(mt.make_induction_model(seed=0), task, config.replace(steps=6), tmp_path, progress=False)
+    out = train(mt.make_induction_model(seed=1), task, config.replace(compile=False), tmp_path, progress=False)
+    assert out.resumed_from == 6 and out.final_step == 12

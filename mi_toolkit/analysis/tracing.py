@@ -196,7 +196,7 @@ def _trace_group(model, tokens, subject, answers, kind, window, noise, n_samples
     answers = torch.tensor(answers, device=device)
     clean_probs = logits[:, -1].softmax(-1).gather(1, answers[:, None])[:, 0].tolist()
     rows = n_prompts * n_samples  # the noised batch: prompt-major, a row per noise sample
-    clean = [cache[name].repeat_interleave(n_samples, 0) for name in names]  # each (row, pos, d_model)
+    clean = [cache[name] for name in names]  # each (prompt, pos, d_model), shared by the prompt's samples
     index = torch.tensor(subject, device=device)
     levels = [noise if noise is not None else noise_level(model, prompt[index]) for prompt in tokens]
     draws = torch.cat([trace_noise(n_samples, len(subject), model.cfg.d_model, level, seed + i)
@@ -211,14 +211,17 @@ def _trace_group(model, tokens, subject, answers, kind, window, noise, n_samples
     # their first restore, with the noised keys and values before it (the patching engine's restart).
     with model.hooks(fwd_hooks=[("hook_embed", add_noise)]):
         run = CorruptedRun.build(model, tokens.repeat_interleave(n_samples, 0), list(range(n_layers)))
+        # A model that cannot restart gets full passes from the tokens, and no noised run from build.
+        noised = run.logits if run.logits is not None else model(run.tokens)
     row_answers = answers.repeat_interleave(n_samples)
-    noised_probs = run.logits[:, -1].softmax(-1).gather(1, row_answers[:, None]).view(n_prompts, n_samples).mean(1)
+    noised_probs = noised[:, -1].softmax(-1).gather(1, row_answers[:, None]).view(n_prompts, n_samples).mean(1)
 
     # Restores (layer, pos) grouped by the first layer they touch, in position order. No-ops keep P_noised: those
     # before the first subject position (the noise has not reached them), and those only in the last layer
     # before the last position (nothing after them reads them).
     scores = noised_probs.cpu()[:, None, None].repeat(1, n_layers, n_pos)  # (prompt, layer, pos)
-    # Passes of about 256 rows spanning at most a quarter of the positions, as the patching engine's.
+    # Restores per pass: about 256 rows, or a quarter of the positions if that is more (so that one prompt's trace
+    # takes few passes), and at most max_rows rows.
     per_pass = max(1, min(max_rows // rows, max(-(-n_pos // 4), 256 // rows)))
     for start in range(n_layers):
         restores = [(layer, pos) for pos in range(min(subject), n_pos) for layer in range(n_layers)
@@ -230,7 +233,7 @@ def _trace_group(model, tokens, subject, answers, kind, window, noise, n_samples
             for c, (layer, pos) in enumerate(chunk):
                 masks[list(window_layers(layer, window, n_layers)), c, 0, pos - first] = True
             masks = masks.to(device)
-            hooks = [(names[layer], patch_hook(clean[layer][:, first:], masks[layer], len(chunk)))
+            hooks = [(names[layer], patch_hook(clean[layer][:, first:], masks[layer], len(chunk), n_samples))
                      for layer in range(n_layers) if masks[layer].any()]
             logits = run.logits_with(model, start, first, len(chunk), [("hook_embed", add_noise), *hooks])
             probs = (logits[:, -1].softmax(-1).gather(1, row_answers.repeat(len(chunk))[:, None])

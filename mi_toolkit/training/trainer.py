@@ -96,7 +96,7 @@ class TrainConfig:
     1.8x faster steps for the Othello model on 2 CPU cores after about 10 s of compilation, which fuses the
     elementwise work that dominates small models. Needs a C++ compiler on CPU; if compilation fails the run warns
     and trains eagerly. Numbers differ from eager ones by float rounding; the same seed gives the same numbers
-    from one compiled run to the next."""
+    from one compiled run to the next. A run may resume with or without it."""
     log_every: int = 100
     """Evaluate and record metrics every this many steps (and at step 0 and the last step)."""
     checkpoint_every: int = 1000
@@ -272,10 +272,11 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
             except Exception as error:
                 if compiled is None:
                     raise
+                # The same step eagerly: an error of the task's own is raised from there, without the warning.
+                loss = _forward_backward(task, model, batch, optimizer, device_type, config.autocast, None)
                 warnings.warn(f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); training eagerly "
                               "instead", RuntimeWarning, stacklevel=3)
                 compiled = None
-                loss = _forward_backward(task, model, batch, optimizer, device_type, config.autocast, None)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 last = state.last_checkpoint_step
@@ -325,6 +326,10 @@ def _forward_backward(task: Task, model: nn.Module, batch, optimizer, device_typ
     return loss
 
 
+_RESUMABLE = ("steps", "compile")
+"""Settings a run may resume under changed."""
+
+
 class _TrainState:
     """Everything a resumed run needs, and the files that hold it."""
 
@@ -349,10 +354,11 @@ class _TrainState:
             return 0
         tensor_path, json_path = self._resume_files
         meta = load_json(json_path)
-        wanted = {k: v for k, v in json.loads(json.dumps(self.config.to_dict())).items() if k != "steps"}
+        # steps may grow; compile changes only the float rounding, so a run may resume with or without it
+        wanted = {k: v for k, v in json.loads(json.dumps(self.config.to_dict())).items() if k not in _RESUMABLE}
         # Fields added after a checkpoint was written take their defaults.
         defaults = json.loads(json.dumps(TrainConfig().to_dict()))
-        saved = {k: v for k, v in {**defaults, **meta["train_config"]}.items() if k != "steps"}
+        saved = {k: v for k, v in {**defaults, **meta["train_config"]}.items() if k not in _RESUMABLE}
         if saved != wanted:
             diff = {k: (saved.get(k), wanted.get(k)) for k in wanted if saved.get(k) != wanted.get(k)}
             raise CheckpointError(f"{self.run_dir} was trained with another configuration (saved, now): {diff}")

@@ -18,16 +18,18 @@ from mi_toolkit.core.tl import (
 __all__ = ["CorruptedRun", "constant_hook", "patch_hook"]
 
 
-def patch_hook(clean: Tensor, mask: Tensor, copies: int) -> Callable:
+def patch_hook(clean: Tensor, mask: Tensor, copies: int, repeats: int = 1) -> Callable:
     """A hook writing ``clean`` into each copy of the repeated batch where ``mask[copy]`` is set.
 
     ``mask`` has shape ``[copies, 1, *axes]`` (1 on broadcast axes); the activation is ``[copies * batch, *axes]``.
+    ``clean`` is ``[batch / repeats, *axes]``: each of its rows serves ``repeats`` consecutive rows of the batch
+    (causal tracing's noise samples of one prompt), without copying it.
     """
 
     def hook(activation: Tensor, hook) -> Tensor:
         shape = activation.shape
-        activation = activation.view(copies, shape[0] // copies, *shape[1:])  # (copy, batch, *axes)
-        return torch.where(mask, clean, activation).view(shape)
+        activation = activation.view(copies, shape[0] // (copies * repeats), repeats, *shape[1:])
+        return torch.where(mask.unsqueeze(2), clean.unsqueeze(1), activation).view(shape)
 
     return hook
 
