@@ -31,7 +31,7 @@ from mi_toolkit.core.forward import final_position_forward
 from mi_toolkit.core.io import load_tensors
 from mi_toolkit.core.losses import answer_loss
 from mi_toolkit.core.tl import HookedTransformer
-from mi_toolkit.training.trainer import list_checkpoints
+from mi_toolkit.training.checkpoints import list_checkpoints
 
 __all__ = [
     "Phases",

@@ -20,7 +20,6 @@ with the same weights as an uninterrupted run.
 
 import contextlib
 import dataclasses
-import json
 import math
 import time
 import warnings
@@ -32,16 +31,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from mi_toolkit.core.io import (
-    CheckpointError,
-    append_jsonl,
-    load_json,
-    load_tensors,
-    read_jsonl,
-    save_json,
-    save_tensors,
-    write_jsonl,
-)
+from mi_toolkit.training.checkpoints import TrainState, list_checkpoints
 from mi_toolkit.training.grokfast import make_filter
 
 __all__ = ["Task", "TrainConfig", "TrainResult", "TrainingDivergedError", "list_checkpoints", "train"]
@@ -156,14 +146,6 @@ class TrainResult:
     """Wall time of this call."""
 
 
-def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """The weight snapshots of a run, as ``[(step, path), ...]`` sorted by step."""
-    found = []
-    for path in (Path(run_dir) / "checkpoints").glob("step_*.safetensors"):
-        found.append((int(path.name.removeprefix("step_").removesuffix(".safetensors")), path))
-    return sorted(found)
-
-
 def train(
     model: nn.Module,
     task: Task,
@@ -234,7 +216,7 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
     grad_filter = make_filter(
         config.grad_filter, ema_alpha=config.ema_alpha, ma_window=config.ma_window, lamb=config.filter_lambda
     )
-    state = _TrainState(model, optimizer, scheduler, grad_filter, config, run_dir)
+    state = TrainState(model, optimizer, scheduler, grad_filter, config, run_dir)
     start = state.resume()
     history = state.history
 
@@ -324,100 +306,3 @@ def _forward_backward(task: Task, model: nn.Module, batch, optimizer, device_typ
         if compiled_forward is not None:
             del model.forward
     return loss
-
-
-_RESUMABLE = ("steps", "compile")
-"""Settings a run may resume under changed."""
-
-
-class _TrainState:
-    """Everything a resumed run needs, and the files that hold it."""
-
-    def __init__(self, model, optimizer, scheduler, grad_filter, config: TrainConfig, run_dir):
-        self.model, self.optimizer, self.scheduler, self.grad_filter = model, optimizer, scheduler, grad_filter
-        self.config = config
-        self.run_dir = None if run_dir is None else Path(run_dir)
-        self.history: list[dict] = []
-        self.last_checkpoint_step: int | None = None
-        if self.run_dir is not None:
-            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-
-    @property
-    def _resume_files(self) -> tuple[Path, Path]:
-        return self.run_dir / "checkpoints" / "resume.safetensors", self.run_dir / "checkpoints" / "resume.json"
-
-    def resume(self) -> int:
-        """Load the last checkpoint if there is one; return the step to start from."""
-        if self.run_dir is None or not self._resume_files[1].exists():
-            if self.run_dir is not None:
-                (self.run_dir / "metrics.jsonl").write_text("")
-            return 0
-        tensor_path, json_path = self._resume_files
-        meta = load_json(json_path)
-        # steps may grow; compile changes only the float rounding, so a run may resume with or without it
-        wanted = {k: v for k, v in json.loads(json.dumps(self.config.to_dict())).items() if k not in _RESUMABLE}
-        # Fields added after a checkpoint was written take their defaults.
-        defaults = json.loads(json.dumps(TrainConfig().to_dict()))
-        saved = {k: v for k, v in {**defaults, **meta["train_config"]}.items() if k not in _RESUMABLE}
-        if saved != wanted:
-            diff = {k: (saved.get(k), wanted.get(k)) for k in wanted if saved.get(k) != wanted.get(k)}
-            raise CheckpointError(f"{self.run_dir} was trained with another configuration (saved, now): {diff}")
-        tensors, tensor_meta = load_tensors(tensor_path)
-        step = meta["step"]
-        if tensor_meta.get("step") != str(step):
-            raise CheckpointError(f"{tensor_path} and {json_path} disagree on the step: corrupt checkpoint")
-        model_state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-        try:
-            self.model.load_state_dict(model_state)
-        except RuntimeError as err:
-            raise CheckpointError(f"checkpoint in {self.run_dir} does not fit this model: {err}") from err
-        optim_state = {"state": {}, "param_groups": meta["param_groups"]}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, name = key.split(".", 2)
-                optim_state["state"].setdefault(int(index), {})[name] = value
-        for group in optim_state["param_groups"]:
-            group["betas"] = tuple(group["betas"])
-        self.optimizer.load_state_dict(optim_state)
-        self.scheduler.load_state_dict(meta["scheduler"])
-        if self.grad_filter is not None:
-            self.grad_filter.load_state_tensors(
-                {k.removeprefix("filter."): v for k, v in tensors.items() if k.startswith("filter.")}
-            )
-        torch.set_rng_state(tensors["rng.cpu"])
-        self.history = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r["step"] <= step]
-        write_jsonl(self.run_dir / "metrics.jsonl", self.history)
-        self.last_checkpoint_step = step
-        return step
-
-    def append_metrics(self, record: dict) -> None:
-        if self.run_dir is not None:
-            append_jsonl(self.run_dir / "metrics.jsonl", record)
-
-    def save(self, step: int) -> None:
-        if self.run_dir is None:
-            return
-        model_state = self.model.state_dict()
-        save_tensors(
-            self.run_dir / "checkpoints" / f"step_{step:07d}.safetensors", model_state, metadata={"step": str(step)}
-        )
-        tensors = {f"model.{k}": v for k, v in model_state.items()}
-        optim = self.optimizer.state_dict()
-        for index, entry in optim["state"].items():
-            for name, value in entry.items():
-                tensors[f"optim.{index}.{name}"] = torch.as_tensor(value)
-        if self.grad_filter is not None:
-            tensors.update({f"filter.{k}": v for k, v in self.grad_filter.state_tensors().items()})
-        tensors["rng.cpu"] = torch.get_rng_state()
-        tensor_path, json_path = self._resume_files
-        save_tensors(tensor_path, tensors, metadata={"step": str(step)})
-        save_json(
-            json_path,
-            {
-                "step": step,
-                "train_config": self.config.to_dict(),
-                "param_groups": optim["param_groups"],
-                "scheduler": self.scheduler.state_dict(),
-            },
-        )
-        self.last_checkpoint_step = step
