@@ -11,7 +11,9 @@ prompt, and many prompts of one template at once with :func:`causal_traces`) is 
 about 256 rows per forward pass, and one hook per layer writes the clean state into the copies that restore it.
 Each pass restarts from the noised run at the first layer and the first position its restores touch, with the
 noised keys and values of the earlier positions as a frozen key-value cache, so a pass costs what remains of the
-model after its restores. Restores that cannot change the answer in a causal model are not run and score
+model after its restores. A lone restore of the residual stream or of the MLP's output (window 1) in layer ``l``
+changes only the residual stream after layer ``l``, at its position, so its pass starts at layer ``l + 1`` from
+that changed stream, with no hooks. Restores that cannot change the answer in a causal model are not run and score
 ``P_noised`` exactly: those before the first subject position (the noise has not reached them) and those in the
 last layer before the last position.
 
@@ -27,6 +29,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mi_toolkit.analysis.patching._restart import CorruptedRun, patch_hook
+from mi_toolkit.core.architectures import supports
 from mi_toolkit.core.tl import HookedTransformer, get_act_name
 
 __all__ = ["KINDS", "Knockout", "Trace", "attention_knockout", "causal_trace", "causal_traces", "noise_level",
@@ -209,8 +212,13 @@ def _trace_group(model, tokens, subject, answers, kind, window, noise, n_samples
 
     # The noised run, which restored passes restart from: in the layer of their first restore, at the position of
     # their first restore, with the noised keys and values before it (the patching engine's restart).
+    # A lone restore of the residual stream or the MLP's output in layer l changes only the residual stream after
+    # layer l at its position, so its pass starts at layer l + 1 from that changed stream.
+    after = window == 1 and kind in ("resid", "mlp") and supports(model, "kv_restart")
+    kept = [get_act_name(act, layer) for layer in range(n_layers) for act in ("resid_post", "mlp_out")
+            if after and (act == "resid_post" or kind == "mlp")]
     with model.hooks(fwd_hooks=[("hook_embed", add_noise)]):
-        run = CorruptedRun.build(model, tokens.repeat_interleave(n_samples, 0), list(range(n_layers)))
+        run = CorruptedRun.build(model, tokens.repeat_interleave(n_samples, 0), list(range(n_layers)), kept)
         # A model that cannot restart gets full passes from the tokens, and no noised run from build.
         noised = run.logits if run.logits is not None else model(run.tokens)
     row_answers = answers.repeat_interleave(n_samples)
@@ -229,6 +237,13 @@ def _trace_group(model, tokens, subject, answers, kind, window, noise, n_samples
         for offset in range(0, len(restores), per_pass):
             chunk = restores[offset : offset + per_pass]
             first = chunk[0][1] if run.kv is not None else 0  # full passes (no restart) start at position 0
+            if after:
+                logits = _restored_after(model, run, kind, start, chunk, first, clean[start], n_samples)
+                probs = (logits[:, -1].softmax(-1).gather(1, row_answers.repeat(len(chunk))[:, None])
+                         .view(len(chunk), n_prompts, n_samples).mean(2).cpu())
+                for c, (layer, pos) in enumerate(chunk):
+                    scores[:, layer, pos] = probs[c]
+                continue
             masks = torch.zeros(n_layers, len(chunk), 1, n_pos - first, 1, dtype=torch.bool)  # (layer, copy, 1, pos, 1)
             for c, (layer, pos) in enumerate(chunk):
                 masks[list(window_layers(layer, window, n_layers)), c, 0, pos - first] = True
@@ -242,6 +257,26 @@ def _trace_group(model, tokens, subject, answers, kind, window, noise, n_samples
                 scores[:, layer, pos] = probs[c]
     return [Trace(kind, window, scores[i], clean_probs[i], noised_probs[i].item(), subject)
             for i in range(n_prompts)]
+
+
+def _restored_after(model, run: CorruptedRun, kind: str, layer: int, chunk, first: int, clean: Tensor,
+                    n_samples: int) -> Tensor:
+    """Logits of the copies that each restore, at one position, the residual stream after ``layer`` (``kind``
+    ``"resid"``) or the output of its MLP (``"mlp"``, which adds clean minus noised output there): the passes start
+    at layer ``layer + 1``, from position ``first``."""
+    copies, (n_prompts, n_pos, d_model) = len(chunk), clean.shape
+    width = n_pos - first
+    mask = torch.zeros(copies, 1, 1, width, 1, dtype=torch.bool, device=clean.device)  # (copy, prompt, sample, pos, d)
+    for c, (_, pos) in enumerate(chunk):
+        mask[c, 0, 0, pos - first] = True
+    shape = (1, n_prompts, n_samples, width, d_model)
+    noised = run.acts[get_act_name("resid_post", layer)][:, first:].reshape(shape)
+    clean = clean[:, first:].reshape(1, n_prompts, 1, width, d_model)
+    if kind == "resid":
+        resid = torch.where(mask, clean, noised)
+    else:
+        resid = noised + mask * (clean - run.acts[get_act_name("mlp_out", layer)][:, first:].reshape(shape))
+    return run.logits_with(model, layer + 1, first, copies, [], resid.flatten(0, 2))
 
 
 @torch.no_grad()
