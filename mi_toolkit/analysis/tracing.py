@@ -222,7 +222,13 @@ def _trace_group(model, tokens, subject, answers, kind, window, noise, n_samples
         # A model that cannot restart gets full passes from the tokens, and no noised run from build.
         noised = run.logits if run.logits is not None else model(run.tokens)
     row_answers = answers.repeat_interleave(n_samples)
-    noised_probs = noised[:, -1].softmax(-1).gather(1, row_answers[:, None]).view(n_prompts, n_samples).mean(1)
+
+    def answer_probs(logits: Tensor) -> Tensor:
+        """``[copies, prompt]``: P(answer) at the last position, averaged over each prompt's noise samples."""
+        probs = logits[:, -1].softmax(-1).gather(1, row_answers.repeat(len(logits) // rows)[:, None])
+        return probs.view(-1, n_prompts, n_samples).mean(2)
+
+    noised_probs = answer_probs(noised)[0]
 
     # Restores (layer, pos) grouped by the first layer they touch, in position order. No-ops keep P_noised: those
     # before the first subject position (the noise has not reached them), and those only in the last layer
@@ -233,26 +239,23 @@ def _trace_group(model, tokens, subject, answers, kind, window, noise, n_samples
     per_pass = max(1, min(max_rows // rows, max(-(-n_pos // 4), 256 // rows)))
     for start in range(n_layers):
         restores = [(layer, pos) for pos in range(min(subject), n_pos) for layer in range(n_layers)
-                    if window_layers(layer, window, n_layers)[0] == start and (start < n_layers - 1 or pos == n_pos - 1)]
+                    if window_layers(layer, window, n_layers)[0] == start
+                    and (start < n_layers - 1 or pos == n_pos - 1)]
         for offset in range(0, len(restores), per_pass):
             chunk = restores[offset : offset + per_pass]
             first = chunk[0][1] if run.kv is not None else 0  # full passes (no restart) start at position 0
             if after:
                 logits = _restored_after(model, run, kind, start, chunk, first, clean[start], n_samples)
-                probs = (logits[:, -1].softmax(-1).gather(1, row_answers.repeat(len(chunk))[:, None])
-                         .view(len(chunk), n_prompts, n_samples).mean(2).cpu())
+            else:
+                # (layer, copy, 1, pos, 1): where each copy restores
+                masks = torch.zeros(n_layers, len(chunk), 1, n_pos - first, 1, dtype=torch.bool)
                 for c, (layer, pos) in enumerate(chunk):
-                    scores[:, layer, pos] = probs[c]
-                continue
-            masks = torch.zeros(n_layers, len(chunk), 1, n_pos - first, 1, dtype=torch.bool)  # (layer, copy, 1, pos, 1)
-            for c, (layer, pos) in enumerate(chunk):
-                masks[list(window_layers(layer, window, n_layers)), c, 0, pos - first] = True
-            masks = masks.to(device)
-            hooks = [(names[layer], patch_hook(clean[layer][:, first:], masks[layer], len(chunk), n_samples))
-                     for layer in range(n_layers) if masks[layer].any()]
-            logits = run.logits_with(model, start, first, len(chunk), [("hook_embed", add_noise), *hooks])
-            probs = (logits[:, -1].softmax(-1).gather(1, row_answers.repeat(len(chunk))[:, None])
-                     .view(len(chunk), n_prompts, n_samples).mean(2).cpu())
+                    masks[list(window_layers(layer, window, n_layers)), c, 0, pos - first] = True
+                masks = masks.to(device)
+                hooks = [(names[layer], patch_hook(clean[layer][:, first:], masks[layer], len(chunk), n_samples))
+                         for layer in range(n_layers) if masks[layer].any()]
+                logits = run.logits_with(model, start, first, len(chunk), [("hook_embed", add_noise), *hooks])
+            probs = answer_probs(logits).cpu()
             for c, (layer, pos) in enumerate(chunk):
                 scores[:, layer, pos] = probs[c]
     return [Trace(kind, window, scores[i], clean_probs[i], noised_probs[i].item(), subject)

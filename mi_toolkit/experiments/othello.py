@@ -3,8 +3,9 @@ the 6x6 model it produced with its default seed, shipped in the package (:func:`
 
 :func:`run_othello` trains an Othello-GPT on random legal games, measures how often its top move is legal (overall
 and by move number), fits "mine / theirs / empty" (closed-form ridge, and logistic regression by AdamW as Nanda
-trains them) and "black / white / empty" probes at every layer beside their baselines, scores probe edits against the engine (Li et al. 2023's intervention test, with an equal-norm random
-control), and writes a run directory with ``report.html``.
+trains them) and "black / white / empty" probes at every layer beside their baselines, scores probe edits against
+the engine (Li et al. 2023's intervention test, with an equal-norm random control), and writes a run directory with
+``report.html``.
 """
 
 import dataclasses

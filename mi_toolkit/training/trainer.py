@@ -82,11 +82,11 @@ class TrainConfig:
     """``"bf16"``: compute the training loss under ``torch.autocast`` in bfloat16 (weights, optimizer and evaluation
     stay float32); on CPUs with AVX512-BF16 about 1.3-1.9x faster steps for the Othello models. None: float32."""
     compile: bool = False
-    """Run the training forward and backward passes through ``torch.compile(model)`` (evaluation stays eager):
-    1.8x faster steps for the Othello model on 2 CPU cores after about 10 s of compilation, which fuses the
-    elementwise work that dominates small models. Needs a C++ compiler on CPU; if compilation fails the run warns
-    and trains eagerly. Numbers differ from eager ones by float rounding; the same seed gives the same numbers
-    from one compiled run to the next. A run may resume with or without it."""
+    """Run the training forward and backward passes through ``torch.compile`` of the model's forward (evaluation
+    stays eager): 1.6x faster bfloat16 steps for the Othello model on 2 CPU cores (``benchmarks/othello.py``) after
+    5-10 s of compilation, which fuses the elementwise work that dominates small models. Needs a C++ compiler on
+    CPU; if compilation fails the run warns and trains eagerly. Numbers differ from eager ones by float rounding;
+    the same seed gives the same numbers from one compiled run to the next. A run may resume with or without it."""
     log_every: int = 100
     """Evaluate and record metrics every this many steps (and at step 0 and the last step)."""
     checkpoint_every: int = 1000
