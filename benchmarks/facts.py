@@ -2,15 +2,16 @@
 
 1. Causal tracing: the vectorised ``mt.causal_trace`` (many restores per forward pass, one prompt at a time) and
    ``mt.causal_traces`` (every prompt in the same passes) vs a loop of TransformerLens hooks (one restore per
-   forward pass, the ``n_samples`` noise draws in its batch): time ratios and the largest difference, for the
-   residual stream and the MLP output.
+   forward pass, the ``n_samples`` noise draws in its batch, one prompt at a time as ROME's code does; and the same
+   loop with every prompt's draws in each batch): time ratios and the largest difference, for the residual stream
+   and the MLP output (each timed as the median of ``--repeats`` runs after a warm-up run).
 2. ROME over ``--edits`` facts at every MLP layer (the traced layer first): efficacy, paraphrase, neighbourhood,
    their harmonic mean, and the bleed into the subjects' other relations; each edit applied alone and undone.
 3. MEMIT: all ``--edits`` facts in one update over a layer range around the traced layer.
 4. Reversal: a model taught half its pairs in both directions and half forwards only (``--reversal-steps``).
 
-Usage: python benchmarks/facts.py --run DIR [--threads 1] [--edits 100] [--memit-layers 0,1] [--mom2-weight 100 1000]
-                                  [--reversal-steps 1500] [--skip tracing,rome,memit,reversal]
+Usage: python benchmarks/facts.py --run DIR [--threads 1] [--repeats 5] [--edits 100] [--memit-layers 0,1]
+                                  [--mom2-weight 100 1000] [--reversal-steps 1500] [--skip tracing,rome,memit,reversal]
 """
 
 import argparse
@@ -25,38 +26,46 @@ from mi_toolkit.analysis.tracing import KINDS, noise_level, window_layers
 from mi_toolkit.interventions.editing import EditConfig, memit, rome, second_moments
 
 
-def loop_trace(model, tokens, subject, answer, kind, noise, n_samples, seed):
-    """One restore per forward pass with plain hooks (the baseline)."""
-    _, cache = model.run_with_cache(tokens[None])
-    gen = torch.Generator().manual_seed(seed)
-    draws = noise * torch.randn(n_samples, len(subject), model.cfg.d_model, generator=gen)
+def loop_trace(model, tokens, subject, answers, kind, noise, n_samples, seed):
+    """The baseline: one restore per forward pass with plain hooks, the noise draws in its batch. ``tokens`` is one
+    prompt ``[pos]`` (ROME's loop) or several of one template ``[prompt, pos]`` in the same batch (prompt ``i``
+    noised with seed ``seed + i``, as ``causal_traces`` does); returns ``[prompt, layer, pos]``."""
+    tokens = tokens.reshape(-1, tokens.shape[-1])
+    answers = torch.tensor(answers).reshape(-1).repeat_interleave(n_samples)
+    _, cache = model.run_with_cache(tokens)
+    draws = torch.cat([noise * torch.randn(n_samples, len(subject), model.cfg.d_model,
+                                           generator=torch.Generator().manual_seed(seed + i))
+                       for i in range(len(tokens))])
 
     def add_noise(x, hook):
         x = x.clone()
         x[:, list(subject)] += draws
         return x
 
-    out = torch.empty(model.cfg.n_layers, len(tokens))
+    batch = tokens.repeat_interleave(n_samples, 0)
+    out = torch.empty(len(tokens), model.cfg.n_layers, tokens.shape[1])
     for layer in range(model.cfg.n_layers):
-        for pos in range(len(tokens)):
+        for pos in range(tokens.shape[1]):
             hooks = [("hook_embed", add_noise)]
             for restored in window_layers(layer, 1, model.cfg.n_layers):
                 name = mt.get_act_name(KINDS[kind], restored)
 
                 def restore(x, hook, pos=pos, name=name):
                     x = x.clone()
-                    x[:, pos] = cache[name][0, pos]
+                    x[:, pos] = cache[name][:, pos].repeat_interleave(n_samples, 0)
                     return x
 
                 hooks.append((name, restore))
-            logits = model.run_with_hooks(tokens[None].repeat(n_samples, 1), fwd_hooks=hooks)
-            out[layer, pos] = logits[:, -1].softmax(-1)[:, answer].mean()
+            logits = model.run_with_hooks(batch, fwd_hooks=hooks)
+            probs = logits[:, -1].softmax(-1).gather(1, answers[:, None])[:, 0]
+            out[:, layer, pos] = probs.view(len(tokens), n_samples).mean(1)
     return out
 
 
-def bench_tracing(model, kb, n_facts: int, n_samples: int) -> dict:
+def bench_tracing(model, kb, n_facts: int, n_samples: int, repeats: int) -> dict:
     """Both prompt forms: the edit prompt (``<bos> First Last lives in``, 5 tokens) and a long one (4 filler words,
-    then the relation's longest training template: 11 tokens)."""
+    then the relation's longest training template: 12 tokens). Each way is run once to warm up, then timed as the
+    median of ``repeats`` runs."""
     noise = noise_level(model, kb.name_tokens())
     relation = kb.relations[0]
     records = kb.edit_records(n_facts, relation=relation, seed=0)
@@ -66,33 +75,53 @@ def bench_tracing(model, kb, n_facts: int, n_samples: int) -> dict:
              "long prompt": [(kb.prompt(r.subject, relation, longest, filler), r.true) for r in records]}
     out = {}
     for form, prompts in forms.items():
+        tokens = [torch.tensor(prompt.tokens) for prompt, _ in prompts]
         for kind in ("resid", "mlp"):
-            times, diffs = {"vectorised": 0.0, "loop": 0.0}, []
-            for i, (prompt, answer) in enumerate(prompts):
-                tokens = torch.tensor(prompt.tokens)
-                started = time.perf_counter()
-                trace = mt.causal_trace(model, tokens, prompt.subject_positions, answer, kind=kind, noise=noise,
+
+            def one_at_a_time():
+                return [mt.causal_trace(model, t, p.subject_positions, a, kind=kind, noise=noise,
                                         n_samples=n_samples, seed=i)
-                times["vectorised"] += time.perf_counter() - started
-                started = time.perf_counter()
-                expected = loop_trace(model, tokens, prompt.subject_positions, answer, kind, noise, n_samples, i)
-                times["loop"] += time.perf_counter() - started
-                diffs.append((trace.scores - expected).abs().max().item())
-            started = time.perf_counter()  # every prompt at once (same template: positions line up)
-            together = mt.causal_traces(model, torch.tensor([p.tokens for p, _ in prompts]),
-                                        prompts[0][0].subject_positions, [a for _, a in prompts], kind=kind,
-                                        noise=noise, n_samples=n_samples, seed=0)
-            times["together"] = time.perf_counter() - started
-            for i, (prompt, answer) in enumerate(prompts):
-                expected = loop_trace(model, torch.tensor(prompt.tokens), prompt.subject_positions, answer, kind,
-                                      noise, n_samples, i)
-                diffs.append((together[i].scores - expected).abs().max().item())
-            out[f"{form}, {kind}"] = {"tokens": len(prompts[0][0].tokens), "vectorised_s": round(times["vectorised"], 3),
-                                      "together_s": round(times["together"], 3), "loop_s": round(times["loop"], 3),
+                        for i, (t, (p, a)) in enumerate(zip(tokens, prompts))]
+
+            def together():  # every prompt at once (same template: positions line up)
+                return mt.causal_traces(model, torch.stack(tokens), prompts[0][0].subject_positions,
+                                        [a for _, a in prompts], kind=kind, noise=noise, n_samples=n_samples, seed=0)
+
+            def loop():
+                return [loop_trace(model, t, p.subject_positions, [a], kind, noise, n_samples, i)[0]
+                        for i, (t, (p, a)) in enumerate(zip(tokens, prompts))]
+
+            def batched_loop():  # the same loop with every prompt's noise draws in each pass's batch
+                return list(loop_trace(model, torch.stack(tokens), prompts[0][0].subject_positions,
+                                       [a for _, a in prompts], kind, noise, n_samples, 0))
+
+            times, results = {}, {}
+            for name, fn in (("vectorised", one_at_a_time), ("together", together), ("loop", loop),
+                             ("batched loop", batched_loop)):
+                results[name] = fn()  # warm-up, and the result compared below
+                times[name] = _median_time(fn, repeats)
+            diffs = [(trace.scores - expected).abs().max().item()
+                     for traces in (results["vectorised"], results["together"])
+                     for trace, expected in zip(traces, results["loop"])]
+            diffs += [(a - b).abs().max().item() for a, b in zip(results["batched loop"], results["loop"])]
+            out[f"{form}, {kind}"] = {"tokens": len(tokens[0]), "vectorised_s": round(times["vectorised"], 4),
+                                      "together_s": round(times["together"], 4), "loop_s": round(times["loop"], 4),
+                                      "batched_loop_s": round(times["batched loop"], 4),
                                       "speedup": round(times["loop"] / times["vectorised"], 1),
                                       "speedup_together": round(times["loop"] / times["together"], 1),
+                                      "together_vs_batched_loop": round(times["batched loop"] / times["together"], 1),
                                       "max_abs_diff": max(diffs)}
     return out
+
+
+def _median_time(fn, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` (after the caller's warm-up call)."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
 
 
 def bench_rome(model, task, n_edits: int, layers: list[int]) -> dict:
@@ -154,6 +183,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--trace-facts", type=int, default=10)
     parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each way of tracing (median)")
     parser.add_argument("--edits", type=int, default=100)
     parser.add_argument("--memit-layers", default=None, help="e.g. 0,1 (default: the traced layer and the next)")
     parser.add_argument("--mom2-weight", type=float, nargs="+", default=[EditConfig().mom2_weight])
@@ -168,7 +198,7 @@ def main() -> None:
     results = {"threads": args.threads, "traced_mlp_peak": run.analysis["tracing"]["mlp"]["peak"]}
     with torch.no_grad():
         if "tracing" not in skip:
-            results["tracing"] = bench_tracing(model, task.kb, args.trace_facts, args.samples)
+            results["tracing"] = bench_tracing(model, task.kb, args.trace_facts, args.samples, args.repeats)
             print("tracing:", results["tracing"], flush=True)
     if "rome" not in skip:
         layers = [peak] + [layer for layer in range(model.cfg.n_layers) if layer != peak]

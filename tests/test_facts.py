@@ -196,13 +196,20 @@ def test_traces_of_many_prompts_equal_one_at_a_time(tiny_fact_run, kind, window,
     dict(d_mlp=8, normalization_type="LN", positional_embedding_type="shortformer"),
     # restarts with rotary offsets, RMS norm, three layers
     dict(d_mlp=8, normalization_type="RMS", positional_embedding_type="rotary", n_layers=3),
+    # the last block on the last position alone (final_restart), with TL's own attention: grouped queries, a local
+    # window in the last layer, attention and MLP in parallel
+    dict(d_mlp=8, normalization_type="LN", positional_embedding_type="rotary", n_layers=3, n_key_value_heads=2),
+    dict(d_mlp=8, normalization_type="LN", n_layers=3, attn_types=["global", "local", "local"], window_size=2),
+    dict(d_mlp=8, normalization_type="LNPre", parallel_attn_mlp=True),
+    dict(normalization_type=None),  # attention only, no LayerNorm
 ])
-@pytest.mark.parametrize("kind, window", [("resid", 1), ("mlp", 2), ("attn", 1)])
+@pytest.mark.parametrize("kind, window", [("resid", 1), ("mlp", 1), ("mlp", 2), ("attn", 1)])
 def test_traces_on_other_architectures_equal_a_loop_of_hooks(make_tiny_transformer, tiny_tokens, fields, kind,
                                                               window):
     model = make_tiny_transformer(seed=1, act_fn="gelu", **fields)
     restarts = mt.core.supports(model, "kv_restart")
-    assert restarts == (fields["positional_embedding_type"] == "rotary")
+    assert restarts == (fields.get("positional_embedding_type") != "shortformer")
+    assert mt.core.supports(model, "final_restart") == restarts
     tokens = tiny_tokens[0]  # 3 prompts of 6 tokens
     answers = [3, 5, 7]
     traces = causal_traces(model, tokens, (1, 2), answers, kind=kind, window=window, noise=0.7, n_samples=3,
@@ -211,6 +218,24 @@ def test_traces_on_other_architectures_equal_a_loop_of_hooks(make_tiny_transform
         expected, noised = _loop_trace(model, tokens[i], (1, 2), answers[i], kind, window, 0.7, 3, 4 + i)
         torch.testing.assert_close(trace.scores, expected, atol=2e-6, rtol=1e-5)
         assert trace.noised_prob == pytest.approx(noised.item(), abs=2e-6)
+
+
+def test_traces_with_hooks_attached_take_full_blocks(make_tiny_transformer, tiny_tokens):
+    """A hook the user left on the model must see every position, so the last block runs on all of them (the
+    ``final_restart`` fast path is off): same traces as without it, and the hook sees full-width activations."""
+    model = make_tiny_transformer(seed=1, act_fn="gelu", d_mlp=8, normalization_type="LN", n_layers=3)
+    tokens, answers = tiny_tokens[0], [3, 5, 7]
+    plain = causal_traces(model, tokens, (1, 2), answers, kind="mlp", noise=0.7, n_samples=3, seed=4)
+    widths = set()
+    model.blocks[2].hook_resid_pre.add_hook(lambda x, hook: widths.add(x.shape[1]))
+    try:
+        assert not mt.core.supports(model, "final_restart")
+        hooked = causal_traces(model, tokens, (1, 2), answers, kind="mlp", noise=0.7, n_samples=3, seed=4)
+    finally:
+        model.reset_hooks()
+    assert 1 not in widths  # never the last position alone
+    for a, b in zip(plain, hooked):
+        torch.testing.assert_close(a.scores, b.scores, atol=2e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("call", [

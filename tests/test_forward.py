@@ -81,8 +81,9 @@ def test_unsupported_architecture_falls_back(device):
 def test_architecture_table(tiny_induction_model):
     # Rotary attention-only: the patching paths apply, the final-position path (learned positions only) does not.
     model = tiny_induction_model
-    assert set(mt.core.FAST_PATHS) == {"final_position", "kv_restart", "attention_update"}
+    assert set(mt.core.FAST_PATHS) == {"final_position", "kv_restart", "attention_update", "final_restart"}
     assert mt.core.supports(model, "kv_restart") and mt.core.supports(model, "attention_update", 1)
+    assert mt.core.supports(model, "final_restart")
     assert not mt.core.supports(model, "final_position")
     assert mt.core.architectures.is_causal(model)
     tokens = mt.tasks.repeated_tokens(2, 5, 12)

@@ -12,10 +12,12 @@ about 256 rows per forward pass, and one hook per layer writes the clean state i
 Each pass restarts from the noised run at the first layer and the first position its restores touch, with the
 noised keys and values of the earlier positions as a frozen key-value cache, so a pass costs what remains of the
 model after its restores. A lone restore of the residual stream or of the MLP's output (window 1) in layer ``l``
-changes only the residual stream after layer ``l``, at its position, so its pass starts at layer ``l + 1`` from
-that changed stream, with no hooks. Restores that cannot change the answer in a causal model are not run and score
-``P_noised`` exactly: those before the first subject position (the noise has not reached them) and those in the
-last layer before the last position.
+changes only the residual stream after layer ``l``, at its position, so it enters the model at layer ``l + 1`` from
+that changed stream, with no hooks: the restores of every layer at a group of positions share one pass, each block
+running on the copies that have entered by then, and the last block runs on the last position alone (the only one
+the answer reads; its keys and values at the earlier positions are computed from the changed stream). Restores
+that cannot change the answer in a causal model are not run and score ``P_noised`` exactly: those before the first
+subject position (the noise has not reached them) and those in the last layer before the last position.
 
 Attention knockout blocks the answer position from attending to chosen positions (the subject) in a window of
 layers, one window per copy in one forward pass, and records the relative change of ``P(answer)``.
@@ -224,8 +226,10 @@ def _trace_group(model, tokens, subject, answers, kind, window, noise, n_samples
     row_answers = answers.repeat_interleave(n_samples)
 
     def answer_probs(logits: Tensor) -> Tensor:
-        """``[copies, prompt]``: P(answer) at the last position, averaged over each prompt's noise samples."""
-        probs = logits[:, -1].softmax(-1).gather(1, row_answers.repeat(len(logits) // rows)[:, None])
+        """``[copies, prompt]``: P(answer) at the last position (``logits`` ``[rows, pos, vocab]`` or only the last
+        position's ``[rows, vocab]``), averaged over each prompt's noise samples."""
+        probs = (logits[:, -1] if logits.ndim == 3 else logits).softmax(-1)
+        probs = probs.gather(1, row_answers.repeat(len(logits) // rows)[:, None])
         return probs.view(-1, n_prompts, n_samples).mean(2)
 
     noised_probs = answer_probs(noised)[0]
@@ -234,52 +238,63 @@ def _trace_group(model, tokens, subject, answers, kind, window, noise, n_samples
     # before the first subject position (the noise has not reached them), and those only in the last layer
     # before the last position (nothing after them reads them).
     scores = noised_probs.cpu()[:, None, None].repeat(1, n_layers, n_pos)  # (prompt, layer, pos)
-    # Restores per pass: about 256 rows, or a quarter of the positions if that is more (so that one prompt's trace
-    # takes few passes), and at most max_rows rows.
+    # Restores per pass and layer: about 256 rows, or a quarter of the positions if that is more (so that one
+    # prompt's trace takes few passes), and at most max_rows rows.
     per_pass = max(1, min(max_rows // rows, max(-(-n_pos // 4), 256 // rows)))
-    for start in range(n_layers):
-        restores = [(layer, pos) for pos in range(min(subject), n_pos) for layer in range(n_layers)
-                    if window_layers(layer, window, n_layers)[0] == start
-                    and (start < n_layers - 1 or pos == n_pos - 1)]
-        for offset in range(0, len(restores), per_pass):
-            chunk = restores[offset : offset + per_pass]
-            first = chunk[0][1] if run.kv is not None else 0  # full passes (no restart) start at position 0
-            if after:
-                logits = _restored_after(model, run, kind, start, chunk, first, clean[start], n_samples)
-            else:
-                # (layer, copy, 1, pos, 1): where each copy restores
-                masks = torch.zeros(n_layers, len(chunk), 1, n_pos - first, 1, dtype=torch.bool)
-                for c, (layer, pos) in enumerate(chunk):
-                    masks[list(window_layers(layer, window, n_layers)), c, 0, pos - first] = True
-                masks = masks.to(device)
-                hooks = [(names[layer], patch_hook(clean[layer][:, first:], masks[layer], len(chunk), n_samples))
-                         for layer in range(n_layers) if masks[layer].any()]
-                logits = run.logits_with(model, start, first, len(chunk), [("hook_embed", add_noise), *hooks])
-            probs = answer_probs(logits).cpu()
+    useful = lambda layer, pos: window_layers(layer, window, n_layers)[0] < n_layers - 1 or pos == n_pos - 1  # noqa: E731
+    positions = list(range(min(subject), n_pos))
+    if after:  # one pass per group of positions, every layer's restores entering the model after their layer
+        passes = [[(layer, pos) for layer in range(n_layers) for pos in positions[offset : offset + per_pass]
+                   if useful(layer, pos)] for offset in range(0, len(positions), per_pass)]
+    else:
+        passes = [chunk for start in range(n_layers)
+                  for restores in [[(layer, pos) for pos in positions for layer in range(n_layers)
+                                    if window_layers(layer, window, n_layers)[0] == start and useful(layer, pos)]]
+                  for chunk in (restores[offset : offset + per_pass] for offset in range(0, len(restores), per_pass))]
+    for chunk in passes:
+        first = min(pos for _, pos in chunk) if run.kv is not None else 0  # no restart: full passes from 0
+        if after:
+            logits = _restored_after(model, run, kind, chunk, first, clean, n_samples)
+        else:
+            start = window_layers(chunk[0][0], window, n_layers)[0]
+            # (layer, copy, 1, pos, 1): where each copy restores
+            masks = torch.zeros(n_layers, len(chunk), 1, n_pos - first, 1, dtype=torch.bool)
             for c, (layer, pos) in enumerate(chunk):
-                scores[:, layer, pos] = probs[c]
+                masks[list(window_layers(layer, window, n_layers)), c, 0, pos - first] = True
+            masks = masks.to(device)
+            hooks = [(names[layer], patch_hook(clean[layer][:, first:], masks[layer], len(chunk), n_samples))
+                     for layer in range(n_layers) if masks[layer].any()]
+            logits = run.logits_with(model, start, first, len(chunk), [("hook_embed", add_noise), *hooks])
+        probs = answer_probs(logits).cpu()
+        for c, (layer, pos) in enumerate(chunk):
+            scores[:, layer, pos] = probs[c]
     return [Trace(kind, window, scores[i], clean_probs[i], noised_probs[i].item(), subject)
             for i in range(n_prompts)]
 
 
-def _restored_after(model, run: CorruptedRun, kind: str, layer: int, chunk, first: int, clean: Tensor,
+def _restored_after(model, run: CorruptedRun, kind: str, chunk, first: int, clean: list[Tensor],
                     n_samples: int) -> Tensor:
-    """Logits of the copies that each restore, at one position, the residual stream after ``layer`` (``kind``
-    ``"resid"``) or the output of its MLP (``"mlp"``, which adds clean minus noised output there): the passes start
-    at layer ``layer + 1``, from position ``first``."""
-    copies, (n_prompts, n_pos, d_model) = len(chunk), clean.shape
+    """Last-position logits of the copies that each restore, at one position, the residual stream after a layer
+    (``kind`` ``"resid"``) or the output of its MLP (``"mlp"``, which adds clean minus noised output there):
+    ``chunk`` lists them as ``(layer, pos)`` in layer order, and each enters the model after its layer, from
+    position ``first``, in one pass."""
+    (n_prompts, n_pos, d_model), device = clean[0].shape, clean[0].device
     width = n_pos - first
-    mask = torch.zeros(copies, 1, 1, width, 1, dtype=torch.bool, device=clean.device)  # (copy, prompt, sample, pos, d)
-    for c, (_, pos) in enumerate(chunk):
-        mask[c, 0, 0, pos - first] = True
     shape = (1, n_prompts, n_samples, width, d_model)
-    noised = run.acts[get_act_name("resid_post", layer)][:, first:].reshape(shape)
-    clean = clean[:, first:].reshape(1, n_prompts, 1, width, d_model)
-    if kind == "resid":
-        resid = torch.where(mask, clean, noised)
-    else:
-        resid = noised + mask * (clean - run.acts[get_act_name("mlp_out", layer)][:, first:].reshape(shape))
-    return run.logits_with(model, layer + 1, first, copies, [], resid.flatten(0, 2))
+    entering = {}
+    for layer in sorted({layer for layer, _ in chunk}):
+        at = [pos for restored, pos in chunk if restored == layer]
+        mask = torch.zeros(len(at), 1, 1, width, 1, dtype=torch.bool)  # (copy, prompt, sample, pos, d_model)
+        mask[torch.arange(len(at)), 0, 0, torch.tensor(at) - first] = True
+        mask = mask.to(device)
+        noised = run.acts[get_act_name("resid_post", layer)][:, first:].reshape(shape)
+        restored = clean[layer][:, first:].reshape(1, n_prompts, 1, width, d_model)
+        if kind == "resid":
+            resid = torch.where(mask, restored, noised)
+        else:
+            resid = noised + mask * (restored - run.acts[get_act_name("mlp_out", layer)][:, first:].reshape(shape))
+        entering[layer + 1] = resid.flatten(0, 2)
+    return run.final_logits(model, first, entering)
 
 
 @torch.no_grad()

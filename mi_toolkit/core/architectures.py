@@ -12,6 +12,7 @@ fast path               used by
 ``kv_restart``          activation patching: restart a patched pass mid-sequence from a key-value cache
 ``attention_update``    activation patching: update one layer's attention from cached scores for one changed
                         position
+``final_restart``       causal tracing: a restarted pass runs its last block on the last position only
 ======================  ============================================================================================
 """
 
@@ -74,6 +75,9 @@ FAST_PATHS: dict[str, tuple[str, ...]] = {
                        "attention and MLP in sequence", "plain MLP (not gated, no inner LayerNorm)"),
     "kv_restart": ("causal attention", "standard or rotary positions"),
     "attention_update": ("no hooks attached", "standard or rotary positions", *_ATTENTION),
+    "final_restart": ("no hooks attached", "causal attention", "standard or rotary positions",
+                      "plain transformer blocks", "pre-norm blocks",
+                      "no attention extras (qk-norm, split inputs, log-n, sinks, dynamic NTK, 4-bit, qkv clipping)"),
 }
 
 

@@ -1,6 +1,7 @@
 """Engine (private): the corrupted run that patched passes restart from, through TransformerLens's key-value cache,
 and the hooks that write clean values into many patched copies of a batch at once."""
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 
@@ -86,25 +87,78 @@ class CorruptedRun:
         norm and unembedding only).
         """
         if self.kv is None and resid is None:
-            with model.hooks(fwd_hooks=hooks):
+            with _attached(model, hooks):
                 return model(self.tokens.repeat(copies, 1))
         batch, n_pos = self.tokens.shape
         if resid is None:
-            resid = self.acts[get_act_name("resid_pre", layer)][:, start:].repeat(copies, 1, 1)  # (copy * batch, pos - start, d_model)
+            # (copy * batch, pos - start, d_model)
+            resid = self.acts[get_act_name("resid_pre", layer)][:, start:].repeat(copies, 1, 1)
         kwargs = {}
-        if start > 0 and layer < model.cfg.n_layers:  # past keys and values for the blocks left
-            entries = [
-                TransformerLensKeyValueCacheEntry(
-                    e.past_keys[:, :start].repeat(copies, 1, 1, 1), e.past_values[:, :start].repeat(copies, 1, 1, 1),
-                    frozen=True,
-                )
-                for e in self.kv.entries
-            ]
-            ones = torch.ones(copies * batch, n_pos, dtype=torch.int, device=resid.device)
-            kwargs = dict(past_kv_cache=TransformerLensKeyValueCache(entries, ones[:, :start], frozen=True),
-                          attention_mask=ones)
-        with model.hooks(fwd_hooks=hooks):
+        if layer < model.cfg.n_layers:  # past keys and values for the blocks left
+            kwargs = self._past(copies, start, torch.ones(copies * batch, n_pos, dtype=torch.int, device=resid.device))
+        with _attached(model, hooks):
             suffix = model(resid, start_at_layer=layer, **kwargs)
         if start == 0:
             return suffix
         return torch.cat([self.logits[:, :start].repeat(copies, 1, 1), suffix], dim=1)
+
+    def final_logits(self, model: HookedTransformer, start: int, entering: dict[int, Tensor]) -> Tensor:
+        """Last-position logits of restarted copies that enter the model at different layers, in one pass.
+
+        ``entering[layer]`` is ``[copies * batch, pos - start, d_model]``: the residual stream before ``layer``
+        (``n_layers``: after the last block) from position ``start`` on, of copies that restart there, as
+        :meth:`logits_with` restarts them without hooks. Each block runs once, on the copies that have entered by
+        then; the last block runs on the last position alone, its keys and values at earlier positions taken from
+        the key-value cache (before ``start``) and computed from the changed residual stream (from ``start``), since
+        the attention output, MLP and unembedding of the other positions are never read (the ``final_restart`` fast
+        path of :mod:`mi_toolkit.core.architectures`; other models take one :meth:`logits_with` per layer).
+
+        Returns:
+            Logits ``[rows, d_vocab_out]``, the copies of ``entering`` in increasing layer order.
+        """
+        n_layers, layers = model.cfg.n_layers, sorted(entering)
+        batch, n_pos = self.tokens.shape
+        if self.kv is None or not supports(model, "final_restart"):
+            return torch.cat([self.logits_with(model, layer, start, len(entering[layer]) // batch, [],
+                                               entering[layer])[:, -1] for layer in layers])
+        resid = None
+        ones = torch.ones(sum(len(r) for r in entering.values()), n_pos, dtype=torch.int, device=self.tokens.device)
+        for layer in range(layers[0], n_layers):
+            if layer in entering:
+                resid = entering[layer] if resid is None else torch.cat([resid, entering[layer]])
+            past = [e[:, :start].repeat(len(resid) // batch, 1, 1, 1)
+                    for e in (self.kv.entries[layer].past_keys, self.kv.entries[layer].past_values)]
+            block = model.blocks[layer]
+            if layer < n_layers - 1:
+                entry = TransformerLensKeyValueCacheEntry(*past, frozen=True) if start else None
+                resid = block(resid, past_kv_cache_entry=entry, attention_mask=ones[: len(resid)] if start else None)
+                continue
+            x = block.ln1(resid[:, :-1])
+            _, keys, values = block.attn.calculate_qkv_matrices(x, x, x)
+            entry = TransformerLensKeyValueCacheEntry(torch.cat([past[0], keys], 1), torch.cat([past[1], values], 1),
+                                                      frozen=True)
+            resid = block(resid[:, -1:], past_kv_cache_entry=entry, attention_mask=ones[: len(resid)])
+        if n_layers in entering:
+            tail = entering[n_layers][:, -1:]
+            resid = tail if resid is None else torch.cat([resid, tail])
+        return model(resid, start_at_layer=n_layers)[:, -1]
+
+    def _past(self, copies: int, start: int, ones: Tensor) -> dict:
+        """``model`` keyword arguments for a restart at position ``start``: the frozen keys and values before it."""
+        if start == 0:
+            return {}
+        entries = [
+            TransformerLensKeyValueCacheEntry(
+                e.past_keys[:, :start].repeat(copies, 1, 1, 1), e.past_values[:, :start].repeat(copies, 1, 1, 1),
+                frozen=True,
+            )
+            for e in self.kv.entries
+        ]
+        return dict(past_kv_cache=TransformerLensKeyValueCache(entries, ones[:, :start], frozen=True),
+                    attention_mask=ones)
+
+
+def _attached(model: HookedTransformer, hooks: list):
+    """``model.hooks(hooks)``, or nothing to attach (resetting every hook point on exit costs a forward pass's
+    overhead on a small model)."""
+    return model.hooks(fwd_hooks=hooks) if hooks else contextlib.nullcontext()
