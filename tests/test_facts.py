@@ -202,13 +202,16 @@ def test_traces_of_many_prompts_equal_one_at_a_time(tiny_fact_run, kind, window,
     dict(d_mlp=8, normalization_type="LN", n_layers=3, attn_types=["global", "local", "local"], window_size=2),
     dict(d_mlp=8, normalization_type="LNPre", parallel_attn_mlp=True),
     dict(normalization_type=None),  # attention only, no LayerNorm
+    # grouped queries that TL ungroups: its key-value cache cannot hold them, so every pass is a full one
+    dict(d_mlp=8, normalization_type="LN", n_key_value_heads=2, ungroup_grouped_query_attention=True),
 ])
 @pytest.mark.parametrize("kind, window", [("resid", 1), ("mlp", 1), ("mlp", 2), ("attn", 1)])
 def test_traces_on_other_architectures_equal_a_loop_of_hooks(make_tiny_transformer, tiny_tokens, fields, kind,
                                                               window):
     model = make_tiny_transformer(seed=1, act_fn="gelu", **fields)
     restarts = mt.core.supports(model, "kv_restart")
-    assert restarts == (fields.get("positional_embedding_type") != "shortformer")
+    assert restarts == (fields.get("positional_embedding_type") != "shortformer"
+                        and not fields.get("ungroup_grouped_query_attention"))
     assert mt.core.supports(model, "final_restart") == restarts
     tokens = tiny_tokens[0]  # 3 prompts of 6 tokens
     answers = [3, 5, 7]
@@ -220,9 +223,32 @@ def test_traces_on_other_architectures_equal_a_loop_of_hooks(make_tiny_transform
         assert trace.noised_prob == pytest.approx(noised.item(), abs=2e-6)
 
 
+@pytest.mark.parametrize("n_layers", [1, 4])
+@pytest.mark.parametrize("kind, window", [("resid", 1), ("mlp", 1), ("attn", 2)])
+@pytest.mark.parametrize("max_rows", [3, 10, 45])
+def test_traces_keep_to_max_rows(make_tiny_transformer, tiny_tokens, n_layers, kind, window, max_rows):
+    """No block ever sees more than max_rows rows (restores of several layers share a pass), down to one restore
+    per pass, and the traces equal the loop of hooks; one layer included (every restore then in the last layer)."""
+    model = make_tiny_transformer(seed=2, act_fn="gelu", d_mlp=8, normalization_type="LN", n_layers=n_layers)
+    tokens, answers = tiny_tokens[0], [3, 5, 7]
+    rows = []
+    handles = [block.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+               for block in model.blocks]
+    try:
+        traces = causal_traces(model, tokens, (1, 2), answers, kind=kind, window=window, noise=0.7, n_samples=3,
+                               seed=4, max_rows=max_rows)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert rows and max(rows) <= max_rows
+    for i, trace in enumerate(traces):
+        expected, _ = _loop_trace(model, tokens[i], (1, 2), answers[i], kind, window, 0.7, 3, 4 + i)
+        torch.testing.assert_close(trace.scores, expected, atol=2e-6, rtol=1e-5)
+
+
 def test_traces_with_hooks_attached_take_full_blocks(make_tiny_transformer, tiny_tokens):
-    """A hook the user left on the model must see every position, so the last block runs on all of them (the
-    ``final_restart`` fast path is off): same traces as without it, and the hook sees full-width activations."""
+    """A hook the user left on the model must see what the model computes, so the last block is not run on the last
+    position alone (the ``final_restart`` fast path is off): same traces as without it."""
     model = make_tiny_transformer(seed=1, act_fn="gelu", d_mlp=8, normalization_type="LN", n_layers=3)
     tokens, answers = tiny_tokens[0], [3, 5, 7]
     plain = causal_traces(model, tokens, (1, 2), answers, kind="mlp", noise=0.7, n_samples=3, seed=4)

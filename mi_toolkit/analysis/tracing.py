@@ -234,19 +234,29 @@ def _trace_group(model, tokens, subject, answers, kind, window, noise, n_samples
 
     noised_probs = answer_probs(noised)[0]
 
-    # Restores (layer, pos) grouped by the first layer they touch, in position order. No-ops keep P_noised: those
-    # before the first subject position (the noise has not reached them), and those only in the last layer
-    # before the last position (nothing after them reads them).
+    # Restores (layer, pos), no-ops left out: they keep P_noised. Those are the restores before the first subject
+    # position (the noise has not reached them), and those only in the last layer before the last position (nothing
+    # after them reads them).
     scores = noised_probs.cpu()[:, None, None].repeat(1, n_layers, n_pos)  # (prompt, layer, pos)
-    # Restores per pass and layer: about 256 rows, or a quarter of the positions if that is more (so that one
-    # prompt's trace takes few passes), and at most max_rows rows.
-    per_pass = max(1, min(max_rows // rows, max(-(-n_pos // 4), 256 // rows)))
+    # Restores per pass: about 256 rows, or a quarter of the positions if that is more (so that one prompt's trace
+    # takes few passes), and at most max_rows rows. Restores entering after their layer share a pass across layers,
+    # so a pass holds that many restores per layer.
+    per_pass = max(1, min(max_rows // rows, max(-(-n_pos // 4), 256 // rows) * (n_layers if after else 1)))
     useful = lambda layer, pos: window_layers(layer, window, n_layers)[0] < n_layers - 1 or pos == n_pos - 1  # noqa: E731
-    positions = list(range(min(subject), n_pos))
-    if after:  # one pass per group of positions, every layer's restores entering the model after their layer
-        passes = [[(layer, pos) for layer in range(n_layers) for pos in positions[offset : offset + per_pass]
-                   if useful(layer, pos)] for offset in range(0, len(positions), per_pass)]
-    else:
+    positions = range(min(subject), n_pos)
+    if after:  # whole positions while they fit, every layer's restores entering after their layer; in layer order
+        passes, current = [], []
+        for pos in positions:
+            at = [(layer, pos) for layer in range(n_layers) if useful(layer, pos)]
+            if current and len(current) + len(at) > per_pass:
+                passes.append(current)
+                current = []
+            while len(at) > per_pass:  # one position's layers over several passes
+                passes.append(at[:per_pass])
+                at = at[per_pass:]
+            current += at
+        passes = [sorted(chunk) for chunk in passes + [current] if chunk]
+    else:  # grouped by the first layer they touch, in position order
         passes = [chunk for start in range(n_layers)
                   for restores in [[(layer, pos) for pos in positions for layer in range(n_layers)
                                     if window_layers(layer, window, n_layers)[0] == start and useful(layer, pos)]]

@@ -61,6 +61,9 @@ REQUIREMENTS: dict[str, Requirement] = {
     "no attention-score soft cap": lambda m, layer: (getattr(m.cfg, "attn_scores_soft_cap", -1.0) or -1.0) <= 0,
     "no output-logit soft cap": lambda m, layer: (getattr(m.cfg, "output_logits_soft_cap", -1.0) or -1.0) <= 0,
     "attention and MLP in sequence": lambda m, layer: not m.cfg.parallel_attn_mlp,
+    "grouped queries not ungrouped": lambda m, layer: not (
+        getattr(m.cfg, "n_key_value_heads", None) and getattr(m.cfg, "ungroup_grouped_query_attention", False)),
+    "one device": lambda m, layer: (getattr(m.cfg, "n_devices", 1) or 1) == 1,
     "plain MLP (not gated, no inner LayerNorm)": lambda m, layer: (
         not m.cfg.gated_mlp and not str(m.cfg.act_fn).endswith("_ln")),
 }
@@ -73,10 +76,10 @@ _ATTENTION = ("causal attention", "plain transformer blocks", "multi-head attent
 FAST_PATHS: dict[str, tuple[str, ...]] = {
     "final_position": ("no hooks attached", "standard positions", *_ATTENTION, "no output-logit soft cap",
                        "attention and MLP in sequence", "plain MLP (not gated, no inner LayerNorm)"),
-    "kv_restart": ("causal attention", "standard or rotary positions"),
+    "kv_restart": ("causal attention", "standard or rotary positions", "grouped queries not ungrouped"),
     "attention_update": ("no hooks attached", "standard or rotary positions", *_ATTENTION),
     "final_restart": ("no hooks attached", "causal attention", "standard or rotary positions",
-                      "plain transformer blocks", "pre-norm blocks",
+                      "grouped queries not ungrouped", "one device", "plain transformer blocks", "pre-norm blocks",
                       "no attention extras (qk-norm, split inputs, log-n, sinks, dynamic NTK, 4-bit, qkv clipping)"),
 }
 
