@@ -137,6 +137,9 @@ def test_per_position_scores_add_up(tiny_induction_model):
     total = edge_scores(model, clean, corrupted, metric, "eap-ig", ig_steps=3)
     per_pos = edge_scores(model, clean, corrupted, metric, "eap-ig", ig_steps=3, per_position=True)
     torch.testing.assert_close(per_pos.tensor.sum(-1), total.tensor, atol=1e-5, rtol=1e-5)
+    for max_rows in (2, 5):  # one path point per pass, then two: the same integral
+        split = edge_scores(model, clean, corrupted, metric, "eap-ig", ig_steps=3, max_rows=max_rows)
+        torch.testing.assert_close(split.tensor, total.tensor, atol=1e-6, rtol=1e-5)
     exact = edge_scores(model, clean, corrupted, metric, "exact", per_position=True)
     row = exact.graph.receiver_index["logits"]
     exact_total = edge_scores(model, clean, corrupted, metric, "exact")

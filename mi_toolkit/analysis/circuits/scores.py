@@ -84,10 +84,11 @@ def edge_scores(
         metric: logits -> scalar (from :mod:`mi_toolkit.analysis.metrics`, e.g. ``kl_to_clean`` or ``logit_diff``).
         method: ``"exact"`` (one patched copy of the batch per edge, many per forward pass), ``"eap"`` (one
             corrupted forward, one clean forward and backward) or ``"eap-ig"`` (``ig_steps`` forward and backward
-            copies along the interpolation, in one pass).
+            copies along the interpolation, as many per pass as ``max_rows`` allows).
         per_position: score each edge at each position separately (``tensor[r, s, pos]``).
         ig_steps: points of the EAP-IG path (midpoints of ``ig_steps`` equal segments).
-        max_rows: exact only: rows (copies x batch) per forward pass, which bounds memory.
+        max_rows: exact and EAP-IG: rows (copies x batch) per forward pass, which bounds memory (EAP-IG with
+            ``max_rows`` = batch holds one path point's activations and gradients at a time, as EAP does).
         progress: exact only: a progress bar over forward passes.
 
     Returns:
@@ -117,7 +118,9 @@ def edge_scores(
         if method == "eap-ig":
             alphas = (torch.arange(ig_steps, device=clean.device, dtype=clean.dtype) + 0.5) / ig_steps
             path = clean[0] + alphas[:, None, None, None] * (corrupted[0] - clean[0])
-            grads = receiver_gradients(model, graph, clean_tokens, metric, embeddings=path).grads / ig_steps
+            per_pass = max(1, max_rows // len(clean_tokens))  # path points per forward and backward pass
+            grads = sum(receiver_gradients(model, graph, clean_tokens, metric, embeddings=points).grads
+                        for points in path.split(per_pass)) / ig_steps
         equation = "sbpd,rbpd->rsp" if per_position else "sbpd,rbpd->rs"
         scores = torch.einsum(equation, corrupted - clean, grads)
         scores = scores * graph.valid.to(scores.device).reshape(*graph.valid.shape, *[1] * (scores.ndim - 2))
