@@ -432,6 +432,24 @@ def test_edge_scores_behave_as_a_mapping_and_bad_calls_fail_early(tiny_mlp_ln_mo
         causal_scrub(model, clean, mt.metrics.loss(clean), Hypothesis((("a0.h1", "logits"),), {}), corrupted)
 
 
+@pytest.mark.parametrize("per_position", [False, True])
+def test_receiver_gradients_contracted_as_formed_equal_the_kept_gradients(tiny_mlp_ln_model, per_position):
+    """Scores formed receiver group by receiver group (``deltas``) equal the kept gradients contracted afterwards."""
+    from mi_toolkit.analysis.circuits._engine import receiver_gradients
+
+    model, graph = tiny_mlp_ln_model, edge_graph(tiny_mlp_ln_model)
+    clean, corrupted = torch.randint(0, model.cfg.d_vocab, (2, 3, 8), generator=torch.Generator().manual_seed(7))
+    metric = mt.metrics.logit_diff(clean[:, -1], corrupted[:, -1])
+    kept = receiver_gradients(model, graph, clean, metric, also=corrupted)
+    delta = kept.senders[:, 3:] - kept.senders[:, :3]
+    expected = torch.einsum("sbpd,rbpd->rsp" if per_position else "sbpd,rbpd->rs", delta, kept.grads)
+    formed = receiver_gradients(model, graph, clean, metric, also=corrupted, per_position=per_position,
+                                deltas=lambda senders: senders[:, 3:] - senders[:, :3])
+    assert formed.grads is None and formed.value == pytest.approx(kept.value)
+    torch.testing.assert_close(formed.scores, expected, atol=1e-6, rtol=1e-5)
+    assert expected.abs().max() > 1e-3  # not trivially zero
+
+
 @pytest.mark.parametrize("fixture", ["tiny_mlp_ln_model", "tiny_induction_model"])
 def test_receiver_gradients_equal_transformerlens_split_input_gradients(fixture, request):
     """The engine forms each head's input gradient from its q/k/v projection's gradient through the shared

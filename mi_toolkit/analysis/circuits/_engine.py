@@ -197,13 +197,17 @@ def one_edge_logits(
 class Gradients(NamedTuple):
     """What one forward and backward pass of :func:`receiver_gradients` gives."""
 
-    grads: Tensor
-    """``[n_receivers, batch, pos, d_model]``: the metric's gradient at each receiver's input, summed over copies."""
+    grads: Tensor | None
+    """``[n_receivers, batch, pos, d_model]``: the metric's gradient at each receiver's input, summed over copies
+    (None when ``deltas`` contracted it into ``scores`` instead)."""
     senders: Tensor
     """``[n_senders, copies * batch (+ len(also)), pos, d_model]``: every sender's output in that pass (no
     gradient)."""
     value: float
     """The metric, summed over copies."""
+    scores: Tensor | None = None
+    """``[n_receivers, n_senders]`` (``[..., pos]`` per position): ``deltas . grads``, formed receiver group by
+    receiver group, so that the gradients of every receiver are never held at once."""
 
 
 def receiver_gradients(
@@ -213,6 +217,8 @@ def receiver_gradients(
     metric,
     embeddings: Float[Tensor, "copies batch pos d_model"] | None = None,
     also: Int[Tensor, "batch pos"] | None = None,
+    deltas=None,
+    per_position: bool = False,
 ) -> Gradients:
     """The gradient of ``metric`` with respect to every receiver's input, from one forward and backward pass.
 
@@ -223,6 +229,10 @@ def receiver_gradients(
             integrated-gradients path); default one copy of the input's own.
         also: more sequences to run in the same pass, without gradient, for their sender outputs only (appended
             after the copies in ``Gradients.senders``): one batched pass instead of two.
+        deltas: optional function of the pass's sender outputs (``Gradients.senders``) returning ``[n_senders,
+            batch, pos, d_model]``; given, each receiver group's gradient is contracted with it as it is formed
+            (EAP's scores, ``Gradients.scores``) instead of being kept.
+        per_position: with ``deltas``, keep the position axis of the scores.
     """
     copies = 1 if embeddings is None else len(embeddings)
     batch = len(tokens)
@@ -256,7 +266,15 @@ def receiver_gradients(
         value = sum(metric(chunk) for chunk in logits.split(batch))
         grads = dict(zip(wanted.values(), torch.autograd.grad(value, [inputs[name] for name in wanted],
                                                                allow_unused=True)))
-    out = torch.zeros(len(graph.receivers), batch, tokens.shape[1], model.cfg.d_model, device=logits.device)
+    senders = torch.stack(outputs)
+    if deltas is None:
+        out = torch.zeros(len(graph.receivers), batch, tokens.shape[1], model.cfg.d_model, device=logits.device)
+    else:
+        delta = deltas(senders)
+        out = torch.zeros(len(graph.receivers), len(delta), *([tokens.shape[1]] if per_position else []),
+                          device=logits.device, dtype=delta.dtype)
+        # delta . grad as one matrix product: (s, b p d) @ (b p d, r), or one per position
+        delta = delta.permute(2, 0, 1, 3).flatten(2) if per_position else delta.flatten(1)
     for name, rows, per_head in groups:
         grad = grads[name]
         if grad is None:
@@ -266,8 +284,16 @@ def receiver_gradients(
             layer, kind = int(name.split(".")[1]), name.rsplit(".", 1)[1]
             grad = _head_input_gradients(model, layer, kind, grad, inputs, copies, batch)
         grad = grad.sum(0)  # (batch, pos, [head_index,] d_model)
-        out[rows] = grad.movedim(2, 0) if per_head else grad[None]
-    return Gradients(out, torch.stack(outputs), float(value.detach()))
+        grad = grad.movedim(2, 0) if per_head else grad[None]  # (receivers of the group, batch, pos, d_model)
+        if deltas is None:
+            out[rows] = grad
+        elif per_position:  # (pos, s, b d) @ (pos, b d, r) -> (r, s, pos)
+            out[rows] = (delta @ grad.to(delta.dtype).permute(2, 1, 3, 0).flatten(1, 2)).permute(2, 1, 0)
+        else:
+            out[rows] = (delta @ grad.to(delta.dtype).flatten(1).T).T
+    if deltas is None:
+        return Gradients(out, senders, float(value.detach()))
+    return Gradients(None, senders, float(value.detach()), out)
 
 
 _PROJECTION = {"hook_q_input": "blocks.{}.attn.hook_q", "hook_k_input": "blocks.{}.attn.hook_k",

@@ -103,9 +103,12 @@ def edge_scores(
         raise ValueError(f"ig_steps and max_rows must be >= 1; got {ig_steps} and {max_rows}")
     check_inputs(model, clean_tokens, corrupted_tokens, [], None)
     graph = edge_graph(model)
+    batch = len(clean_tokens)
     if method == "eap":  # one batched forward pass (clean with gradient, corrupted without) and one backward
-        grads, both, base = receiver_gradients(model, graph, clean_tokens, metric, also=corrupted_tokens)
-        clean, corrupted = both.split(len(clean_tokens), dim=1)
+        pass_ = receiver_gradients(model, graph, clean_tokens, metric, also=corrupted_tokens,
+                                   deltas=lambda senders: senders[:, batch:] - senders[:, :batch],
+                                   per_position=per_position)
+        scores, base = pass_.scores, pass_.value
     else:
         clean = sender_outputs(model, graph, clean_tokens)
         corrupted = sender_outputs(model, graph, corrupted_tokens)
@@ -118,11 +121,11 @@ def edge_scores(
         if method == "eap-ig":
             alphas = (torch.arange(ig_steps, device=clean.device, dtype=clean.dtype) + 0.5) / ig_steps
             path = clean[0] + alphas[:, None, None, None] * (corrupted[0] - clean[0])
-            per_pass = max(1, max_rows // len(clean_tokens))  # path points per forward and backward pass
-            grads = sum(receiver_gradients(model, graph, clean_tokens, metric, embeddings=points).grads
-                        for points in path.split(per_pass)) / ig_steps
-        equation = "sbpd,rbpd->rsp" if per_position else "sbpd,rbpd->rs"
-        scores = torch.einsum(equation, corrupted - clean, grads)
+            per_pass = max(1, max_rows // batch)  # path points per forward and backward pass
+            delta = corrupted - clean
+            scores = sum(receiver_gradients(model, graph, clean_tokens, metric, embeddings=points,
+                                            deltas=lambda senders: delta, per_position=per_position).scores
+                         for points in path.split(per_pass)) / ig_steps
         scores = scores * graph.valid.to(scores.device).reshape(*graph.valid.shape, *[1] * (scores.ndim - 2))
     return EdgeScores(graph, scores.detach(), method, base)
 
