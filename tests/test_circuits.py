@@ -450,6 +450,22 @@ def test_receiver_gradients_contracted_as_formed_equal_the_kept_gradients(tiny_m
     assert expected.abs().max() > 1e-3  # not trivially zero
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-5), (torch.bfloat16, 0.1)])
+@pytest.mark.parametrize("method", ["exact", "eap", "eap-ig"])
+def test_edge_scores_of_other_dtypes_are_float32_at_least(make_tiny_transformer, method, dtype, tolerance):
+    """A float64 or bfloat16 model scores every edge as the float32 one does (to its precision), in float32 at
+    least: contractions over batch, positions and d_model do not accumulate in half precision."""
+    fields = dict(seed=1, act_fn="gelu", d_mlp=8, normalization_type="LN")
+    reference, model = make_tiny_transformer(**fields), make_tiny_transformer(dtype=dtype, **fields)
+    model.load_state_dict({k: v.to(dtype) for k, v in reference.state_dict().items()})
+    clean, corrupted = torch.randint(0, 20, (2, 3, 6), generator=torch.Generator().manual_seed(8))
+    metric = mt.metrics.logit_diff(clean[:, -1], corrupted[:, -1])
+    expected = edge_scores(reference, clean, corrupted, metric, method).tensor
+    scores = edge_scores(model, clean, corrupted, metric, method).tensor
+    assert scores.dtype == torch.promote_types(dtype, torch.float32)
+    torch.testing.assert_close(scores.float(), expected, atol=tolerance * expected.abs().max().item(), rtol=0)
+
+
 @pytest.mark.parametrize("fixture", ["tiny_mlp_ln_model", "tiny_induction_model"])
 def test_receiver_gradients_equal_transformerlens_split_input_gradients(fixture, request):
     """The engine forms each head's input gradient from its q/k/v projection's gradient through the shared

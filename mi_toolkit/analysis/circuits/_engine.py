@@ -198,8 +198,8 @@ class Gradients(NamedTuple):
     """What one forward and backward pass of :func:`receiver_gradients` gives."""
 
     grads: Tensor | None
-    """``[n_receivers, batch, pos, d_model]``: the metric's gradient at each receiver's input, summed over copies
-    (None when ``deltas`` contracted it into ``scores`` instead)."""
+    """``[n_receivers, batch, pos, d_model]``: the metric's gradient at each receiver's input, summed over copies,
+    float32 at least (None when ``deltas`` contracted it into ``scores`` instead)."""
     senders: Tensor
     """``[n_senders, copies * batch (+ len(also)), pos, d_model]``: every sender's output in that pass (no
     gradient)."""
@@ -207,7 +207,8 @@ class Gradients(NamedTuple):
     """The metric, summed over copies."""
     scores: Tensor | None = None
     """``[n_receivers, n_senders]`` (``[..., pos]`` per position): ``deltas . grads``, formed receiver group by
-    receiver group, so that the gradients of every receiver are never held at once."""
+    receiver group, so that the per-receiver gradient tensor (``grads``) is never formed; the hook points' own
+    gradients from the backward pass are still held together. Float32 at least, whatever the model's dtype."""
 
 
 def receiver_gradients(
@@ -234,6 +235,8 @@ def receiver_gradients(
             (EAP's scores, ``Gradients.scores``) instead of being kept.
         per_position: with ``deltas``, keep the position axis of the scores.
     """
+    if per_position and deltas is None:
+        raise ValueError("per_position needs deltas (it keeps the position axis of the contracted scores)")
     copies = 1 if embeddings is None else len(embeddings)
     batch = len(tokens)
     n_rows = copies * batch
@@ -267,12 +270,14 @@ def receiver_gradients(
         grads = dict(zip(wanted.values(), torch.autograd.grad(value, [inputs[name] for name in wanted],
                                                                allow_unused=True)))
     senders = torch.stack(outputs)
+    dtype = torch.promote_types(logits.dtype, torch.float32)  # gradients and scores: float32 at least
     if deltas is None:
-        out = torch.zeros(len(graph.receivers), batch, tokens.shape[1], model.cfg.d_model, device=logits.device)
+        out = torch.zeros(len(graph.receivers), batch, tokens.shape[1], model.cfg.d_model, device=logits.device,
+                          dtype=dtype)
     else:
-        delta = deltas(senders)
+        delta = deltas(senders).to(dtype)
         out = torch.zeros(len(graph.receivers), len(delta), *([tokens.shape[1]] if per_position else []),
-                          device=logits.device, dtype=delta.dtype)
+                          device=logits.device, dtype=dtype)
         # delta . grad as one matrix product: (s, b p d) @ (b p d, r), or one per position
         delta = delta.permute(2, 0, 1, 3).flatten(2) if per_position else delta.flatten(1)
     for name, rows, per_head in groups:
@@ -284,13 +289,13 @@ def receiver_gradients(
             layer, kind = int(name.split(".")[1]), name.rsplit(".", 1)[1]
             grad = _head_input_gradients(model, layer, kind, grad, inputs, copies, batch)
         grad = grad.sum(0)  # (batch, pos, [head_index,] d_model)
-        grad = grad.movedim(2, 0) if per_head else grad[None]  # (receivers of the group, batch, pos, d_model)
+        grad = (grad.movedim(2, 0) if per_head else grad[None]).to(dtype)  # (receivers of the group, batch, pos, d)
         if deltas is None:
             out[rows] = grad
         elif per_position:  # (pos, s, b d) @ (pos, b d, r) -> (r, s, pos)
-            out[rows] = (delta @ grad.to(delta.dtype).permute(2, 1, 3, 0).flatten(1, 2)).permute(2, 1, 0)
+            out[rows] = (delta @ grad.permute(2, 1, 3, 0).flatten(1, 2)).permute(2, 1, 0)
         else:
-            out[rows] = (delta @ grad.to(delta.dtype).flatten(1).T).T
+            out[rows] = (delta @ grad.flatten(1).T).T
     if deltas is None:
         return Gradients(out, senders, float(value.detach()))
     return Gradients(None, senders, float(value.detach()), out)

@@ -150,7 +150,8 @@ def _exact(model, graph: EdgeGraph, tokens, clean, corrupted, metric, base, per_
     for layer in range(n_layers + 1):
         mine = [patch for patch in patches if graph.receiver_layer[patch[0]] == layer]
         chunks += [(layer, mine[i : i + per_pass]) for i in range(0, len(mine), per_pass)]
-    scores = torch.zeros(*graph.valid.shape, *([n_pos] if per_position else []), device=corrupted.device)
+    scores = torch.zeros(*graph.valid.shape, *([n_pos] if per_position else []), device=corrupted.device,
+                         dtype=torch.promote_types(corrupted.dtype, torch.float32))
     for layer, chunk in tqdm(chunks, disable=not progress, desc="exact edge scores", dynamic_ncols=True):
         if starts is None:
             removed = torch.zeros(len(chunk), *graph.valid.shape, n_pos, device=corrupted.device)
