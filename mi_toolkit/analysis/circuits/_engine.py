@@ -200,9 +200,9 @@ class Gradients(NamedTuple):
     grads: Tensor | None
     """``[n_receivers, batch, pos, d_model]``: the metric's gradient at each receiver's input, summed over copies,
     float32 at least (None when ``deltas`` contracted it into ``scores`` instead)."""
-    senders: Tensor
+    senders: Tensor | None
     """``[n_senders, copies * batch (+ len(also)), pos, d_model]``: every sender's output in that pass (no
-    gradient)."""
+    gradient; None when not asked for)."""
     value: float
     """The metric, summed over copies."""
     scores: Tensor | None = None
@@ -220,6 +220,7 @@ def receiver_gradients(
     also: Int[Tensor, "batch pos"] | None = None,
     deltas=None,
     per_position: bool = False,
+    senders: bool = True,
 ) -> Gradients:
     """The gradient of ``metric`` with respect to every receiver's input, from one forward and backward pass.
 
@@ -234,6 +235,8 @@ def receiver_gradients(
             batch, pos, d_model]``; given, each receiver group's gradient is contracted with it as it is formed
             (EAP's scores, ``Gradients.scores``) instead of being kept.
         per_position: with ``deltas``, keep the position axis of the scores.
+        senders: record every sender's output in the pass (``Gradients.senders``, which ``deltas`` receives;
+            None without: EAP-IG's differences come from its own clean and corrupted runs).
     """
     if per_position and deltas is None:
         raise ValueError("per_position needs deltas (it keeps the position axis of the contracted scores)")
@@ -252,7 +255,9 @@ def receiver_gradients(
         inputs[hook.name] = x
 
     # The leaf comes first, so the "input" sender records the (replaced) leaf; the rest record as usual.
-    hooks = [("blocks.0.hook_resid_pre", leaf)] + sender_hooks(model, lambda xs: outputs.extend(x.detach() for x in xs))
+    hooks = [("blocks.0.hook_resid_pre", leaf)]
+    if senders:
+        hooks += sender_hooks(model, lambda xs: outputs.extend(x.detach() for x in xs))
     shared = _shared_norm_inputs(model)
     # Where the heads share one LayerNorm, a head's input gradient is formed from the gradient at its q/k/v
     # projection through that LayerNorm's backward, instead of giving every head its own copy of the residual stream
@@ -269,7 +274,7 @@ def receiver_gradients(
         value = sum(metric(chunk) for chunk in logits.split(batch))
         grads = dict(zip(wanted.values(), torch.autograd.grad(value, [inputs[name] for name in wanted],
                                                                allow_unused=True)))
-    senders = torch.stack(outputs)
+    senders = torch.stack(outputs) if senders else None
     dtype = torch.promote_types(logits.dtype, torch.float32)  # gradients and scores: float32 at least
     if deltas is None:
         out = torch.zeros(len(graph.receivers), batch, tokens.shape[1], model.cfg.d_model, device=logits.device,

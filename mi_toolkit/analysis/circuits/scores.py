@@ -123,8 +123,8 @@ def edge_scores(
             path = clean[0] + alphas[:, None, None, None] * (corrupted[0] - clean[0])
             per_pass = max(1, max_rows // batch)  # path points per forward and backward pass
             delta = corrupted - clean
-            scores = sum(receiver_gradients(model, graph, clean_tokens, metric, embeddings=points,
-                                            deltas=lambda senders: delta, per_position=per_position).scores
+            scores = sum(receiver_gradients(model, graph, clean_tokens, metric, embeddings=points, senders=False,
+                                            deltas=lambda _: delta, per_position=per_position).scores
                          for points in path.split(per_pass)) / ig_steps
         scores = scores * graph.valid.to(scores.device).reshape(*graph.valid.shape, *[1] * (scores.ndim - 2))
     return EdgeScores(graph, scores.detach(), method, base)
