@@ -78,6 +78,20 @@ def test_unsupported_architecture_falls_back(device):
         final_position_forward(model, tokens)
 
 
+def test_plain_pytorch_hooks_switch_the_fast_paths_off(make_tiny_transformer):
+    """A PyTorch hook or pre-hook on any module (not only TransformerLens's hook points) would be skipped or called
+    on part of the batch by a fast path, so it counts as a hook attached."""
+    model = make_tiny_transformer(seed=1, d_mlp=8, normalization_type="LN")
+    assert mt.core.supports(model, "final_restart") and mt.core.supports(model, "final_position")
+    for register in (model.blocks[1].register_forward_pre_hook, model.blocks[1].mlp.register_forward_hook,
+                     model.unembed.register_full_backward_hook):
+        handle = register(lambda *args: None)
+        assert mt.core.has_hooks(model) and not mt.core.supports(model, "final_restart")
+        assert not mt.core.supports(model, "final_position")
+        handle.remove()
+    assert not mt.core.has_hooks(model)
+
+
 def test_architecture_table(tiny_induction_model):
     # Rotary attention-only: the patching paths apply, the final-position path (learned positions only) does not.
     model = tiny_induction_model

@@ -37,8 +37,10 @@ def quiet_construction():
 
 
 def has_hooks(model: HookedTransformer) -> bool:
-    """Whether any hook point of ``model`` has a hook attached (fast paths that skip hook points must not run)."""
-    return any(hp._forward_hooks or hp._backward_hooks for hp in model.hook_dict.values())
+    """Whether any hook is attached to ``model``: on a hook point, or a plain PyTorch hook or pre-hook on any of its
+    modules (fast paths that skip hook points, or call blocks on part of the batch, must not run)."""
+    return any(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+               or getattr(module, "_backward_pre_hooks", None) for module in model.modules())
 
 
 def check_hook_name(model: HookedTransformer, hook_name: str) -> None:
