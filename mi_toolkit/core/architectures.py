@@ -73,13 +73,14 @@ _ATTENTION = ("causal attention", "plain transformer blocks", "multi-head attent
               "no attention extras (qk-norm, split inputs, log-n, sinks, dynamic NTK, 4-bit, qkv clipping)",
               "no attention-score soft cap")
 
+_KV_RESTART = ("causal attention", "standard or rotary positions", "grouped queries not ungrouped")
+
 FAST_PATHS: dict[str, tuple[str, ...]] = {
     "final_position": ("no hooks attached", "standard positions", *_ATTENTION, "no output-logit soft cap",
                        "attention and MLP in sequence", "plain MLP (not gated, no inner LayerNorm)"),
-    "kv_restart": ("causal attention", "standard or rotary positions", "grouped queries not ungrouped"),
+    "kv_restart": _KV_RESTART,
     "attention_update": ("no hooks attached", "standard or rotary positions", *_ATTENTION),
-    "final_restart": ("no hooks attached", "causal attention", "standard or rotary positions",
-                      "grouped queries not ungrouped", "one device", "plain transformer blocks", "pre-norm blocks",
+    "final_restart": ("no hooks attached", *_KV_RESTART, "one device", "plain transformer blocks", "pre-norm blocks",
                       "no attention extras (qk-norm, split inputs, log-n, sinks, dynamic NTK, 4-bit, qkv clipping)"),
 }
 

@@ -126,8 +126,7 @@ class CorruptedRun:
         for layer in range(layers[0], n_layers):
             if layer in entering:
                 resid = entering[layer] if resid is None else torch.cat([resid, entering[layer]])
-            past = [e[:, :start].repeat(len(resid) // batch, 1, 1, 1)
-                    for e in (self.kv.entries[layer].past_keys, self.kv.entries[layer].past_values)]
+            past = self._frozen(layer, len(resid) // batch, start)
             block = model.blocks[layer]
             if layer < n_layers - 1:
                 entry = TransformerLensKeyValueCacheEntry(*past, frozen=True) if start else None
@@ -143,17 +142,18 @@ class CorruptedRun:
             resid = tail if resid is None else torch.cat([resid, tail])
         return model(resid, start_at_layer=n_layers)[:, -1]
 
+    def _frozen(self, layer: int, copies: int, start: int) -> tuple[Tensor, Tensor]:
+        """The corrupted keys and values of ``layer`` before position ``start``, repeated for ``copies`` copies."""
+        entry = self.kv.entries[layer]
+        return (entry.past_keys[:, :start].repeat(copies, 1, 1, 1),
+                entry.past_values[:, :start].repeat(copies, 1, 1, 1))
+
     def _past(self, copies: int, start: int, ones: Tensor) -> dict:
         """``model`` keyword arguments for a restart at position ``start``: the frozen keys and values before it."""
         if start == 0:
             return {}
-        entries = [
-            TransformerLensKeyValueCacheEntry(
-                e.past_keys[:, :start].repeat(copies, 1, 1, 1), e.past_values[:, :start].repeat(copies, 1, 1, 1),
-                frozen=True,
-            )
-            for e in self.kv.entries
-        ]
+        entries = [TransformerLensKeyValueCacheEntry(*self._frozen(layer, copies, start), frozen=True)
+                   for layer in range(len(self.kv.entries))]
         return dict(past_kv_cache=TransformerLensKeyValueCache(entries, ones[:, :start], frozen=True),
                     attention_mask=ones)
 
