@@ -190,6 +190,8 @@ def main() -> None:
     parser.add_argument("--reversal-steps", type=int, default=1500)
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: tracing,rome,memit,reversal")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
     torch.set_num_threads(args.threads)
     skip = set(args.skip.split(","))
     run = mt.load_run(args.run)
