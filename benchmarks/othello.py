@@ -84,7 +84,8 @@ def bench_games(sizes=(6,), n_fast: int = 200_000, n_reference: int = 2000, roun
 
 def bench_training(steps: int = 20) -> None:
     """Steps/s and games/s of the shipped architecture in float32, under bfloat16 autocast, and under bfloat16
-    autocast compiled (the recipe's setting; compiled once in a warm-up run), on the same batches."""
+    autocast compiled (the recipe's setting; compiled once in a warm-up run), on the same batches; the recipe's
+    optimiser (Muon) and, last, AdamW (the previous recipe's) to show what Muon's step costs."""
     from mi_toolkit.models.factory import build_model
     from mi_toolkit.models.presets import OTHELLO_PRESETS, othello_model_config
     from mi_toolkit.tasks.othello_task import OthelloTask
@@ -92,13 +93,14 @@ def bench_training(steps: int = 20) -> None:
 
     task = OthelloTask(n_games=10**9, eval_games=16)  # the trainer evaluates at the first and last step: keep it small
     print(f"\n## training throughput ({steps} steps after 3 warm-up steps, batch {task.batch_size} games)")
-    print(f"{'setting':22s} {'steps/s':>8s} {'games/s':>9s} {'s/step':>7s}")
+    print(f"{'setting':30s} {'steps/s':>8s} {'games/s':>9s} {'s/step':>7s}")
     rates = {}
-    for name, precision, compiled in (("float32", None, False), ("bfloat16", "bf16", False),
-                                      ("bfloat16, compiled", "bf16", True)):
+    for name, precision, compiled, optimizer in (
+            ("float32", None, False, "muon"), ("bfloat16", "bf16", False, "muon"),
+            ("bfloat16, compiled", "bf16", True, "muon"), ("bfloat16, compiled, AdamW", "bf16", True, "adamw")):
         model = build_model(othello_model_config(task.d_vocab, task.n_ctx, **OTHELLO_PRESETS["small"]), seed=0)
-        config = recipes.OTHELLO.replace(steps=3, autocast=precision, compile=compiled, log_every=10**6,
-                                         checkpoint_every=10**6)
+        config = recipes.OTHELLO.replace(steps=3, autocast=precision, compile=compiled, optimizer=optimizer,
+                                         log_every=10**6, checkpoint_every=10**6)
         started = time.perf_counter()
         train(model, task, config, progress=False)  # warm-up (and compilation)
         warm_up = time.perf_counter() - started
@@ -106,10 +108,11 @@ def bench_training(steps: int = 20) -> None:
         train(model, task, config.replace(steps=steps), progress=False)
         seconds = (time.perf_counter() - started) / steps
         rates[name] = 1 / seconds
-        print(f"{name:22s} {1 / seconds:8.2f} {task.batch_size / seconds:9.0f} {seconds:7.3f}"
+        print(f"{name:30s} {1 / seconds:8.2f} {task.batch_size / seconds:9.0f} {seconds:7.3f}"
               + (f"   (warm-up with compilation {warm_up:.1f} s)" if compiled else ""))
     print(f"bfloat16 / float32: {rates['bfloat16'] / rates['float32']:.2f}x; compiled / not: "
-          f"{rates['bfloat16, compiled'] / rates['bfloat16']:.2f}x")
+          f"{rates['bfloat16, compiled'] / rates['bfloat16']:.2f}x; Muon / AdamW step rate: "
+          f"{rates['bfloat16, compiled'] / rates['bfloat16, compiled, AdamW']:.2f}x")
 
 
 def bench_probes(n_games: int = 3000) -> None:

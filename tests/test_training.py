@@ -11,7 +11,7 @@ import torch
 import mi_toolkit as mt
 from mi_toolkit import ModularArithmetic, TrainConfig, train
 from mi_toolkit.core import CheckpointError
-from mi_toolkit.training import GrokfastEMA, GrokfastMA, TrainingDivergedError, list_checkpoints, recipes
+from mi_toolkit.training import GrokfastEMA, GrokfastMA, TrainingDivergedError, list_checkpoints, muon, recipes
 
 P = 11
 
@@ -35,10 +35,11 @@ class Interrupting(ModularArithmetic):
         return super().train_batch(step)
 
 
-@pytest.mark.parametrize("grad_filter", ["none", "ema", "ma"])
-def test_resume_after_interrupt_gives_identical_weights(tmp_path, grad_filter, new_model):
+@pytest.mark.parametrize("grad_filter, optimizer", [("none", "adamw"), ("ema", "adamw"), ("ma", "adamw"),
+                                                    ("none", "muon")])
+def test_resume_after_interrupt_gives_identical_weights(tmp_path, grad_filter, optimizer, new_model):
     cfg = TrainConfig(steps=30, lr=3e-3, warmup_steps=5, grad_filter=grad_filter, ma_window=4, log_every=5,
-                      checkpoint_every=10)
+                      checkpoint_every=10, optimizer=optimizer)
     task = ModularArithmetic(p=P, frac_train=0.5)
     reference = new_model()
     ref = train(reference, task, cfg, tmp_path / "ref", progress=False)
@@ -86,6 +87,7 @@ def test_nan_loss_stops_with_message(tmp_path, new_model):
 
 @pytest.mark.parametrize("kwargs", [dict(steps=0), dict(lr=0.0), dict(weight_decay=-1.0), dict(betas=(0.9, 1.0)),
                                     dict(grad_filter="sma"), dict(log_every=0), dict(optimizer="sgd"),
+                                    dict(muon_lr=0.0),
                                     dict(lr_schedule="step"), dict(decay_fraction=1.5)])
 def test_bad_config(kwargs):
     with pytest.raises(ValueError):
@@ -265,3 +267,63 @@ def test_a_compiled_run_resumes_eagerly(tmp_path):
     train(mt.make_induction_model(seed=0), task, config.replace(steps=6), tmp_path, progress=False)
     out = train(mt.make_induction_model(seed=1), task, config.replace(compile=False), tmp_path, progress=False)
     assert out.resumed_from == 6 and out.final_step == 12
+
+
+def test_orthogonalise_gives_the_polar_factor_approximately():
+    matrix = torch.randn(12, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for m in (matrix, matrix.T):
+        u, _, vh = torch.linalg.svd(m, full_matrices=False)
+        inner = u.T @ muon.orthogonalise(m) @ vh.T  # diagonal, in U and V's own bases
+        assert torch.allclose(inner, torch.diag(torch.diagonal(inner)), atol=1e-6)
+        assert 0.6 < torch.diagonal(inner).min() and torch.diagonal(inner).max() < 1.3  # every singular value ~1
+    in_bf16 = muon.orthogonalise(matrix.to(torch.bfloat16)).double()  # the optimiser's default precision
+    assert (in_bf16 - muon.orthogonalise(matrix)).abs().max() < 0.03
+    stacked = muon.orthogonalise(torch.stack([matrix, 2 * matrix]))  # a stack, each matrix on its own
+    assert torch.allclose(stacked[0], muon.orthogonalise(matrix), atol=1e-6)
+    assert torch.allclose(stacked[1], stacked[0], atol=1e-6)
+    with pytest.raises(ValueError, match="matrix"):
+        muon.orthogonalise(torch.ones(3))
+
+
+def test_muon_moves_each_weight_by_the_orthogonalised_matrix_of_its_map(make_tiny_grokking_model):
+    model = make_tiny_grokking_model(P, seed=0)
+    groups = muon.muon_param_groups(model, lr=1e-3, muon_lr=0.1, weight_decay=0.5)
+    in_muon = {id(p) for g in groups if g["kind"] == "muon" for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in in_muon}
+    assert names == {f"blocks.0.{w}" for w in ("attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O", "mlp.W_in",
+                                                 "mlp.W_out")}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.grad = grads[n].clone()
+    muon.Muon(groups, ns_dtype=torch.float32).step()
+    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    # The matrix of each map, written out independently: q = x @ M with M[i, (h, j)] = W_Q[h, i, j]; the
+    # output reads z as [(h, j), d_model]; the MLP weights are matrices already.
+    maps = {"attn.W_Q": lambda w: torch.cat(list(w), dim=1), "attn.W_O": lambda w: torch.cat(list(w), dim=0),
+            "mlp.W_in": lambda w: w, "mlp.W_out": lambda w: w}
+    for short, as_map in maps.items():
+        name = f"blocks.0.{short}"
+        g = as_map(grads[name])  # one step from a zero buffer: Nesterov's update is (1 + momentum) * g
+        scale = max(1.0, g.shape[1] / g.shape[0]) ** 0.5
+        expected = as_map(before[name]) * (1 - 0.1 * 0.5) - 0.1 * scale * muon.orthogonalise(g)
+        assert torch.allclose(as_map(dict(model.named_parameters())[name].detach()), expected, atol=1e-6), name
+    assert attn.W_Q.shape[0] > 1 and mlp.W_in.shape[0] != mlp.W_in.shape[1]
+
+
+def test_muon_s_other_parameters_take_torch_s_adamw_update(make_tiny_grokking_model):
+    a, b = make_tiny_grokking_model(P, seed=0), make_tiny_grokking_model(P, seed=0)
+    ours = muon.Muon([{"params": list(a.parameters()), "kind": "adamw", "lr": 1e-2, "weight_decay": 0.3,
+                       "betas": (0.9, 0.98)}])
+    reference = torch.optim.AdamW(b.parameters(), lr=1e-2, weight_decay=0.3, betas=(0.9, 0.98))
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        for p, q in zip(a.parameters(), b.parameters()):
+            p.grad = torch.randn(p.shape, generator=generator)
+            q.grad = p.grad.clone()
+        ours.step()
+        reference.step()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    with pytest.raises(ValueError, match="kind"):
+        muon.Muon([{"params": list(a.parameters())}])

@@ -1,4 +1,4 @@
-"""The one trainer of mi_toolkit: AdamW (or Adam) with warmup and a learning-rate schedule, optional Grokfast
+"""The one trainer of mi_toolkit: AdamW (or Adam, or Muon) with warmup and a learning-rate schedule, optional Grokfast
 filters, metrics, checkpoints and resume. Every experiment's recipe is a :class:`TrainConfig` over it
 (:mod:`mi_toolkit.training.recipes`); the toy models and SAEs train through it too.
 
@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from mi_toolkit.training.checkpoints import TrainState, list_checkpoints
 from mi_toolkit.training.grokfast import make_filter
+from mi_toolkit.training.muon import Muon, muon_param_groups
 
 __all__ = ["Task", "TrainConfig", "TrainResult", "TrainingDivergedError", "list_checkpoints", "train"]
 
@@ -64,7 +65,11 @@ class TrainConfig:
     warmup_steps: int = 10
     """Linear warmup: the learning rate at step s (0-based) is ``lr * min(1, (s + 1) / warmup_steps)``."""
     optimizer: str = "adamw"
-    """``"adamw"`` (decoupled weight decay) or ``"adam"`` (``weight_decay`` as an L2 term)."""
+    """``"adamw"`` (decoupled weight decay), ``"adam"`` (``weight_decay`` as an L2 term) or ``"muon"``
+    (:class:`~mi_toolkit.training.muon.Muon`: orthogonalised momentum at ``muon_lr`` for the hidden weight matrices,
+    AdamW at ``lr`` for the rest; decoupled weight decay on both)."""
+    muon_lr: float = 0.04
+    """``"muon"`` only: the peak learning rate of the hidden weight matrices (the schedule scales it as ``lr``)."""
     lr_schedule: str = "constant"
     """After warmup: ``"constant"``; ``"cosine"`` (``0.5 (1 + cos(pi s / steps))``); or ``"linear_decay"``
     (constant, then linearly to zero over the last ``decay_fraction`` of the steps)."""
@@ -103,8 +108,10 @@ class TrainConfig:
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if self.warmup_steps < 0 or self.log_every < 1 or self.checkpoint_every < 1:
             raise ValueError("warmup_steps must be >= 0 and log_every, checkpoint_every >= 1")
-        if self.optimizer not in ("adamw", "adam"):
-            raise ValueError(f"optimizer must be 'adamw' or 'adam', got {self.optimizer!r}")
+        if self.optimizer not in ("adamw", "adam", "muon"):
+            raise ValueError(f"optimizer must be 'adamw', 'adam' or 'muon', got {self.optimizer!r}")
+        if not self.muon_lr > 0:
+            raise ValueError(f"muon_lr must be > 0, got {self.muon_lr}")
         if self.autocast not in (None, "bf16"):
             raise ValueError(f"autocast must be None or 'bf16', got {self.autocast!r}")
         if self.lr_schedule not in ("constant", "cosine", "linear_decay"):
@@ -208,8 +215,12 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
     device_type = params[0].device.type if params else "cpu"
     if config.autocast is not None and device_type not in ("cpu", "cuda"):
         raise ValueError(f"autocast={config.autocast!r} is supported on cpu and cuda, not {device_type}")
-    optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optimizer_class(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    if config.optimizer == "muon":
+        optimizer = Muon(muon_param_groups(model, lr=config.lr, muon_lr=config.muon_lr,
+                                           weight_decay=config.weight_decay, betas=config.betas))
+    else:
+        optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        optimizer = optimizer_class(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: config.lr_factor(s) * (1.0 if lr_scale is None else lr_scale(s)))
     after_backward, after_step = getattr(task, "after_backward", None), getattr(task, "after_step", None)
