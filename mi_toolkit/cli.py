@@ -29,7 +29,7 @@ __all__ = ["main"]
 def _training_fields(args: argparse.Namespace) -> dict:
     """The training settings every grokking-style subcommand takes (``_training_arguments``)."""
     return dict(recipe=args.recipe, steps=args.steps, max_steps=args.max_steps, grad_filter=args.filter,
-                weight_decay=args.weight_decay, device=args.device)
+                weight_decay=args.weight_decay, muon_lr=args.muon_lr, device=args.device)
 
 
 def _grokking_config(args: argparse.Namespace, **fields):
@@ -216,6 +216,8 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override the recipe's Grokfast gradient filter")
     parser.add_argument("--weight-decay", type=float, default=None,
                         help="override the recipe's weight decay (default: the recipe's; see README)")
+    parser.add_argument("--muon-lr", type=float, default=None,
+                        help="train the weight matrices with Muon at this learning rate (default: the recipe's AdamW)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

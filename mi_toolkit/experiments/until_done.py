@@ -43,6 +43,10 @@ class UntilDoneConfig:
     weight_decay: float | None = None
     """Override the recipe's weight decay. None: the recipe's (the fast recipe's scales with the training set, see
     :func:`~mi_toolkit.training.recipes.grokking_recipe`; experiments may fix their own, ``FAST_WEIGHT_DECAY``)."""
+    muon_lr: float | None = None
+    """Train the weight matrices with Muon at this learning rate (:mod:`~mi_toolkit.training.muon`; the other
+    parameters keep the recipe's AdamW). Weight decay is decoupled, ``lr * weight_decay`` a step, so at Muon's larger
+    learning rate the same ``weight_decay`` pulls the matrices harder. None: the recipe's optimiser."""
 
     FAST_WEIGHT_DECAY: ClassVar[float | None] = None
     """The weight decay of the fast recipe for this experiment (None: the recipe's size-scaled one)."""
@@ -77,6 +81,8 @@ class UntilDoneConfig:
             changes["steps"] = self.steps if self.steps is not None else self.max_steps
         if self.grad_filter is not None:
             changes["grad_filter"] = self.grad_filter
+        if self.muon_lr is not None:
+            changes.update(optimizer="muon", muon_lr=self.muon_lr)
         if self.weight_decay is not None:
             changes["weight_decay"] = self.weight_decay
         elif self.recipe == "fast" and self.FAST_WEIGHT_DECAY is not None:
