@@ -41,6 +41,11 @@ def test_sequential_sweep_resumes_where_it_stopped(tmp_path, monkeypatch):
     again = mt.sweep(tmp_path, [13], [0, 1], [0.5], base=BASE, use_ray=False, progress=False)
     assert calls == [0, 1, 1] and [r["key_frequencies"] for r in again] == [r["key_frequencies"] for r in rows]
     assert "2 runs" in (tmp_path / "report.html").read_text()
+    # A sweep started before a setting was added to the config continues (the setting takes its default there).
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    (tmp_path / "sweep.json").write_text(json.dumps({k: v for k, v in saved.items() if k != "muon_lr"}))
+    assert [r["run"] for r in mt.sweep(tmp_path, [13], [0, 1], [0.5], base=BASE, use_ray=False, progress=False)] \
+        == ["p13_seed0_frac0.5", "p13_seed1_frac0.5"] and calls == [0, 1, 1]
     # Continuing a sweep with other shared settings would mix their results: refused.
     with pytest.raises(FileExistsError, match="other settings"):
         mt.sweep(tmp_path, [13], [0, 1], [0.5], base=mt.GrokkingConfig(steps=40, checkpoint_every=10),

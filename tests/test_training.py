@@ -87,7 +87,8 @@ def test_nan_loss_stops_with_message(tmp_path, new_model):
 
 @pytest.mark.parametrize("kwargs", [dict(steps=0), dict(lr=0.0), dict(weight_decay=-1.0), dict(betas=(0.9, 1.0)),
                                     dict(grad_filter="sma"), dict(log_every=0), dict(optimizer="sgd"),
-                                    dict(muon_lr=0.0),
+                                    dict(muon_lr=0.0), dict(muon_lr=float("inf")),
+                                    dict(optimizer="muon", muon_lr=0.5, weight_decay=2.0),
                                     dict(lr_schedule="step"), dict(decay_fraction=1.5)])
 def test_bad_config(kwargs):
     with pytest.raises(ValueError):
@@ -327,3 +328,51 @@ def test_muon_s_other_parameters_take_torch_s_adamw_update(make_tiny_grokking_mo
         assert torch.allclose(p, q, atol=1e-6), name
     with pytest.raises(ValueError, match="kind"):
         muon.Muon([{"params": list(a.parameters())}])
+
+
+def test_muon_keeps_a_nesterov_momentum_buffer_and_logs_the_recipe_lr(make_tiny_grokking_model):
+    # Three steps on one Linear against the update written out: buf = m buf + g; step along orth(g + m buf).
+    layer = torch.nn.Linear(6, 9, bias=False)
+    reference = layer.weight.detach().clone()
+    optimizer = muon.Muon(muon.muon_param_groups(layer, lr=1e-3, muon_lr=0.05, weight_decay=0.1),
+                          momentum=0.9, ns_dtype=torch.float32)
+    buffer, generator = torch.zeros_like(reference), torch.Generator().manual_seed(3)
+    for _ in range(3):
+        grad = torch.randn(reference.shape, generator=generator)
+        layer.weight.grad = grad.clone()
+        optimizer.step()
+        buffer = 0.9 * buffer + grad
+        update = muon.orthogonalise((grad + 0.9 * buffer).T).T  # the map reads the 6 inputs: [in, out] = weight.T
+        reference = reference * (1 - 0.05 * 0.1) - 0.05 * max(1.0, 9 / 6) ** 0.5 * update
+        assert torch.allclose(layer.weight.detach(), reference, atol=1e-6)
+    # The trainer logs the recipe's (AdamW's) learning rate; Muon's group follows the same schedule.
+    result = train(make_tiny_grokking_model(P, seed=0), ModularArithmetic(p=P, frac_train=0.5),
+                   TrainConfig(steps=4, lr=3e-3, muon_lr=0.02, warmup_steps=1, optimizer="muon", log_every=2),
+                   progress=False)
+    assert [r["lr"] for r in result.history] == [3e-3] * 3
+
+
+def test_muon_groups_follow_the_modules_not_the_names():
+    from transformer_lens import HookedTransformerConfig
+
+    from mi_toolkit.models.factory import build_model
+
+    cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_heads=4, d_head=4, n_key_value_heads=2, d_mlp=32,
+                                  gated_mlp=True, act_fn="silu", d_vocab=10, n_ctx=8, normalization_type="LN")
+    model = build_model(cfg, seed=0)
+    model.head = torch.nn.Linear(16, 3)  # a plain Linear joins Muon as [in, out] = weight.T
+    model.other = torch.nn.Module()
+    model.other.W_in = torch.nn.Parameter(torch.zeros(2, 16, 4))  # a TransformerLens name elsewhere: AdamW
+    groups = muon.muon_param_groups(model, lr=1e-3, muon_lr=0.02, weight_decay=0.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    kinds = {names[id(p)]: (g["kind"], tuple(g.get("input_dims", ()))) for g in groups for p in g["params"]}
+    assert groups[0]["kind"] == "adamw"
+    assert {n: k for n, k in kinds.items() if k[0] == "muon"} == {
+        "blocks.0.attn.W_Q": ("muon", (1,)), "blocks.0.attn.W_O": ("muon", (0, 1)),
+        "blocks.0.attn._W_K": ("muon", (1,)), "blocks.0.attn._W_V": ("muon", (1,)),
+        "blocks.0.mlp.W_in": ("muon", (0,)), "blocks.0.mlp.W_gate": ("muon", (0,)),
+        "blocks.0.mlp.W_out": ("muon", (0,)), "head.weight": ("muon", (1,))}
+    assert kinds["other.W_in"][0] == kinds["embed.W_E"][0] == kinds["unembed.W_U"][0] == "adamw"
+    assert len(kinds) == len(names)  # every trainable parameter in exactly one group
+    with pytest.raises(ValueError, match="input_dims"):
+        muon.Muon([{"params": [model.other.W_in], "kind": "muon"}])

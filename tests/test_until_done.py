@@ -100,6 +100,18 @@ def test_the_cap_without_grokking_says_so(tmp_path, capsys):
     assert html.index("NOT GROKKED") < html.index("Algorithm checks") < html.index("<h2>Loss")
 
 
+def test_muon_lr_trains_the_matrices_with_muon(tmp_path):
+    assert mt.GrokkingConfig().train_config().optimizer == "adamw"
+    config = mt.GrokkingConfig(muon_lr=0.02, weight_decay=1.0).train_config()
+    assert (config.optimizer, config.muon_lr, config.weight_decay) == ("muon", 0.02, 1.0)
+    out = tmp_path / "run"
+    assert cli(["grokking", "--out", str(out), "--p", "23", "--steps", "20", "--muon-lr", "0.02", "--weight-decay",
+                "1", "--quiet", "--no-report"]) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["optimizer"] == "muon"
+    with pytest.raises(ValueError, match="muon_lr"):  # its matrices would shrink by 2x a step
+        mt.GrokkingConfig(muon_lr=0.5, weight_decay=4.0)
+
+
 def test_an_exact_budget_reports_but_exits_zero(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli(["grokking", "--out", str(out), "--p", "23", "--steps", "20", "--quiet", "--no-report"]) == 0

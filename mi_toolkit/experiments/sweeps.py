@@ -103,7 +103,9 @@ def sweep(
     configs = [dataclasses.replace(base, p=pi, seed=s, frac_train=f) for pi, s, f in grid]
     shared = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(base))).items()
               if k not in ("p", "seed", "frac_train")}
-    if (out / "sweep.json").exists() and load_json(out / "sweep.json") != shared:
+    # Settings added to the config after a sweep was started take their defaults there.
+    defaults = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(type(base)()))).items() if k in shared}
+    if (out / "sweep.json").exists() and {**defaults, **load_json(out / "sweep.json")} != shared:
         raise FileExistsError(f"{out} holds a sweep with other settings ({load_json(out / 'sweep.json')}); "
                               "choose a new directory")
     out.mkdir(parents=True, exist_ok=True)

@@ -12,15 +12,17 @@ import math
 import torch
 from torch import Tensor, nn
 
+from mi_toolkit.core.tl import MLP, AbstractAttention, GatedMLP
+
 __all__ = ["Muon", "muon_param_groups", "orthogonalise"]
 
 _NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
 """Keller Jordan's quintic coefficients: five steps take every singular value into roughly [0.7, 1.2]."""
 
-_HOOKED_INPUT_DIMS = {"W_Q": (1,), "W_K": (1,), "W_V": (1,), "_W_K": (1,), "_W_V": (1,), "W_O": (0, 1),
-                      "W_in": (0,), "W_gate": (0,), "W_out": (0,)}
+_ATTENTION_INPUT_DIMS = {"W_Q": (1,), "W_K": (1,), "W_V": (1,), "_W_K": (1,), "_W_V": (1,), "W_O": (0, 1)}
+_MLP_INPUT_DIMS = {"W_in": (0,), "W_gate": (0,), "W_out": (0,)}
 """TransformerLens block weights: which dimensions are the map's input (``W_Q`` ``[n_heads, d_model, d_head]`` reads
-``d_model``; ``W_O`` ``[n_heads, d_head, d_model]`` reads ``n_heads * d_head``)."""
+``d_model``; ``W_O`` ``[n_heads, d_head, d_model]`` reads ``n_heads * d_head``; ``W_in`` ``[d_model, d_mlp]``)."""
 
 
 def orthogonalise(matrix: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
@@ -52,24 +54,29 @@ def _from_matrix(matrix: Tensor, like: Tensor, input_dims: tuple[int, ...]) -> T
 
 def muon_param_groups(model: nn.Module, *, lr: float, muon_lr: float, weight_decay: float,
                       betas: tuple[float, float] = (0.9, 0.98)) -> list[dict]:
-    """Parameter groups of :class:`Muon` for ``model``'s trainable parameters: TransformerLens block weights
-    (attention ``W_Q/W_K/W_V/W_O``, MLP ``W_in/W_gate/W_out``) and ``nn.Linear`` weights take Muon's update at
-    ``muon_lr``; everything else (embeddings, unembedding, positions, norms, biases) AdamW's at ``lr``."""
-    linear_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    """Parameter groups of :class:`Muon` for ``model``'s trainable parameters: the weights of TransformerLens
+    attention and MLP modules (``W_Q/W_K/W_V/W_O``, ``W_in/W_gate/W_out``) and ``nn.Linear`` weights take Muon's
+    update at ``muon_lr``; everything else (embeddings, unembedding, positions, norms, biases, any other module's
+    parameters) AdamW's at ``lr``. The AdamW group comes first, so ``param_groups[0]["lr"]`` is the recipe's."""
+    input_dims = {}
+    for module in model.modules():
+        layout, ndim = ((_ATTENTION_INPUT_DIMS, 3) if isinstance(module, AbstractAttention)
+                        else (_MLP_INPUT_DIMS, 2) if isinstance(module, (MLP, GatedMLP))
+                        else ({"weight": (1,)}, 2) if isinstance(module, nn.Linear) else ({}, 0))
+        for name, param in module.named_parameters(recurse=False):
+            if name in layout and param.ndim == ndim:  # another layout (a subclass's own) stays with AdamW
+                input_dims[id(param)] = layout[name]
     by_dims: dict[tuple[int, ...], list[Tensor]] = {}
     others = []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if not param.requires_grad:
             continue
-        dims = _HOOKED_INPUT_DIMS.get(name.rsplit(".", 1)[-1])
-        dims = (1,) if dims is None and id(param) in linear_weights else dims
-        if dims is not None and param.ndim >= 2:
-            by_dims.setdefault(dims, []).append(param)
+        if id(param) in input_dims:
+            by_dims.setdefault(input_dims[id(param)], []).append(param)
         else:
             others.append(param)
-    groups = [{"params": ps, "kind": "muon", "input_dims": list(dims), "lr": muon_lr} for dims, ps in by_dims.items()]
-    if others:
-        groups.append({"params": others, "kind": "adamw", "lr": lr})
+    groups = [{"params": others, "kind": "adamw", "lr": lr}] if others else []
+    groups += [{"params": ps, "kind": "muon", "input_dims": list(dims), "lr": muon_lr} for dims, ps in by_dims.items()]
     for group in groups:
         group.update(weight_decay=weight_decay, betas=betas)
     return groups
@@ -91,12 +98,17 @@ class Muon(torch.optim.Optimizer):
 
     def __init__(self, param_groups: list[dict], *, momentum: float = 0.95, ns_steps: int = 5,
                  ns_dtype: torch.dtype = torch.bfloat16, eps: float = 1e-8):
-        for group in param_groups:
-            if group.get("kind") not in ("muon", "adamw"):
-                raise ValueError(f"every group needs kind 'muon' or 'adamw', got {group.get('kind')!r}")
         super().__init__(param_groups, dict(momentum=momentum, ns_steps=ns_steps, eps=eps, weight_decay=0.0,
                                             betas=(0.9, 0.98), input_dims=[]))
         self.ns_dtype = ns_dtype
+
+    def add_param_group(self, param_group: dict) -> None:
+        kind = param_group.get("kind")
+        if kind not in ("muon", "adamw"):
+            raise ValueError(f"every group needs kind 'muon' or 'adamw', got {kind!r}")
+        if kind == "muon" and not param_group.get("input_dims"):
+            raise ValueError("a 'muon' group needs input_dims: the dimensions of its weights that the map reads")
+        super().add_param_group(param_group)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -121,7 +133,10 @@ class Muon(torch.optim.Optimizer):
         dims = tuple(group["input_dims"])
         by_shape: dict[tuple, list[tuple[Tensor, Tensor]]] = {}
         for param in params:
-            buffer = self.state[param].setdefault("momentum_buffer", torch.zeros_like(param))
+            state = self.state[param]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(param)
+            buffer = state["momentum_buffer"]
             buffer.mul_(group["momentum"]).add_(param.grad)
             matrix = _as_matrix(param.grad.add(buffer, alpha=group["momentum"]), dims)
             by_shape.setdefault((tuple(matrix.shape), param.dtype, param.device), []).append((param, matrix))

@@ -110,8 +110,11 @@ class TrainConfig:
             raise ValueError("warmup_steps must be >= 0 and log_every, checkpoint_every >= 1")
         if self.optimizer not in ("adamw", "adam", "muon"):
             raise ValueError(f"optimizer must be 'adamw', 'adam' or 'muon', got {self.optimizer!r}")
-        if not self.muon_lr > 0:
-            raise ValueError(f"muon_lr must be > 0, got {self.muon_lr}")
+        if not 0 < self.muon_lr < math.inf:
+            raise ValueError(f"muon_lr must be a positive number, got {self.muon_lr}")
+        if self.optimizer == "muon" and not self.muon_lr * self.weight_decay < 1:
+            raise ValueError(f"muon_lr * weight_decay = {self.muon_lr * self.weight_decay:g} must be < 1: Muon's "
+                             "matrices shrink by that fraction a step (decoupled weight decay)")
         if self.autocast not in (None, "bf16"):
             raise ValueError(f"autocast must be None or 'bf16', got {self.autocast!r}")
         if self.lr_schedule not in ("constant", "cosine", "linear_decay"):
