@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             ("groups", "train a transformer to compose elements of a finite group; find its irreps", _groups,
              [("--group", str, "S5", "S5, A4, D7, C113, products such as C5xC5 (default S5)")], 0.6),
             ("miiii", "one model, every task (x0 + p x1) mod q for the primes q < p (Syrkis)", _miiii,
-             [("--p", int, 37, "the base; the tasks are the primes below it (default 37)")], 0.5))
+             [("--p", int, 37, "the base; the tasks are the primes below it (default 37)")], 0.8))
     for name, help_text, func, own, frac in runs:
         r = sub.add_parser(name, help=help_text)
         r.add_argument("--out", required=True, help="run directory (new, empty, or an interrupted run to resume)")

@@ -48,3 +48,14 @@ def test_a_miiii_run_directory(tmp_path):
     loaded = mt.load_run(tmp_path / "run")
     assert loaded.task.primes == [2, 3, 5, 7] and torch.equal(loaded.task.train_indices, run.task.train_indices)
     assert "Every task" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_the_miiii_recipe_is_muon_on_a_cosine_and_overrides_apply():
+    recipe = mt.MiiiiConfig().train_config()
+    assert (recipe.optimizer, recipe.muon_lr, recipe.weight_decay, recipe.lr_schedule, recipe.steps) == \
+        ("muon", 0.08, 0.2, "cosine", 30_000)
+    assert mt.MiiiiConfig().frac_train == 0.8
+    mine = mt.MiiiiConfig(steps=500, muon_lr=0.04, weight_decay=0.1).train_config()
+    assert (mine.steps, mine.muon_lr, mine.weight_decay, mine.lr_schedule) == (500, 0.04, 0.1, "cosine")
+    assert mt.MiiiiConfig(recipe="paper").train_config().optimizer == "adamw"
+    assert mt.GroupsConfig().train_config().optimizer == "adamw"  # the change is miiii's own

@@ -32,11 +32,15 @@ class MiiiiConfig(UntilDoneConfig):
     """What to train (training settings keyword-only, :class:`~mi_toolkit.experiments.until_done.UntilDoneConfig`)."""
 
     p: int = 37
-    frac_train: float = 0.5
+    frac_train: float = 0.8
+    """80% of the pairs: with 50%, the tasks q >= 23 stayed below 15% test accuracy (README)."""
     seed: int = 0
-    FAST_WEIGHT_DECAY: ClassVar[float | None] = 2.0
-    """With the fast recipe, weight decay 2, as for groups (its size-scaled decay is 5.1 at p = 37, 50%). Not a tuned
-    value: at p = 37, 50%, only q = 2 and 3 reached 99% test accuracy within 3000 steps (README)."""
+    FAST_WEIGHT_DECAY: ClassVar[float | None] = 0.2
+    FAST_CHANGES: ClassVar[dict] = {"optimizer": "muon", "muon_lr": 0.08, "lr_schedule": "cosine", "steps": 30_000}
+    """Muon for the weight matrices at 0.08 (AdamW's 5e-3 for the rest), weight decay 0.2, the learning rate falling
+    on a cosine to a cap of 30,000 steps. Measured at p = 37, 80%, seed 0: every task reached 99% test accuracy (the
+    largest, q = 31, at step 13,530; README). With AdamW (weight decay 2, the groups' value) every q >= 7 stayed at
+    chance for 17,400 steps; with Muon at a constant learning rate q = 29 and 31 levelled off at 0.4-0.8."""
 
     def __post_init__(self):
         MultiTaskModular(p=self.p, frac_train=self.frac_train)  # validates p and frac_train

@@ -50,6 +50,9 @@ class UntilDoneConfig:
 
     FAST_WEIGHT_DECAY: ClassVar[float | None] = None
     """The weight decay of the fast recipe for this experiment (None: the recipe's size-scaled one)."""
+    FAST_CHANGES: ClassVar[dict] = {}
+    """Other changes to the fast recipe for this experiment (``TrainConfig`` fields: miiii's optimiser, schedule and
+    cap); the config's own overrides (``steps``, ``max_steps``, ``muon_lr``, ...) apply after them."""
     log_every: int = 10
     """Losses and accuracies every this many steps (often enough to see the loss spikes)."""
     checkpoint_every: int = 100
@@ -87,7 +90,8 @@ class UntilDoneConfig:
             changes["weight_decay"] = self.weight_decay
         elif self.recipe == "fast" and self.FAST_WEIGHT_DECAY is not None:
             changes["weight_decay"] = self.FAST_WEIGHT_DECAY
-        return grokking_recipe(self.recipe, self.n_train).replace(**changes)
+        own = self.FAST_CHANGES if self.recipe == "fast" else {}
+        return grokking_recipe(self.recipe, self.n_train).replace(**{**own, **changes})  # validated once, whole
 
     @property
     def n_train(self) -> int:
