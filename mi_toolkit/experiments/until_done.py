@@ -42,17 +42,16 @@ class UntilDoneConfig:
     """Override the recipe's Grokfast filter: ``"none"``, ``"ema"`` or ``"ma"``."""
     weight_decay: float | None = None
     """Override the recipe's weight decay. None: the recipe's (the fast recipe's scales with the training set, see
-    :func:`~mi_toolkit.training.recipes.grokking_recipe`; experiments may fix their own, ``FAST_WEIGHT_DECAY``)."""
+    :func:`~mi_toolkit.training.recipes.grokking_recipe`; experiments may fix their own in ``FAST_CHANGES``)."""
     muon_lr: float | None = None
     """Train the weight matrices with Muon at this learning rate (:mod:`~mi_toolkit.training.muon`; the other
     parameters keep the recipe's AdamW). Weight decay is decoupled, ``lr * weight_decay`` a step, so at Muon's larger
     learning rate the same ``weight_decay`` pulls the matrices harder. None: the recipe's optimiser."""
 
-    FAST_WEIGHT_DECAY: ClassVar[float | None] = None
-    """The weight decay of the fast recipe for this experiment (None: the recipe's size-scaled one)."""
     FAST_CHANGES: ClassVar[dict] = {}
-    """Other changes to the fast recipe for this experiment (``TrainConfig`` fields: miiii's optimiser, schedule and
-    cap); the config's own overrides (``steps``, ``max_steps``, ``muon_lr``, ...) apply after them."""
+    """Changes to the fast recipe for this experiment (``TrainConfig`` fields: a fixed weight decay instead of the
+    size-scaled one, miiii's optimiser, schedule and cap); the config's own overrides (``steps``, ``max_steps``,
+    ``muon_lr``, ``weight_decay``, ...) apply after them."""
     log_every: int = 10
     """Losses and accuracies every this many steps (often enough to see the loss spikes)."""
     checkpoint_every: int = 100
@@ -88,8 +87,6 @@ class UntilDoneConfig:
             changes.update(optimizer="muon", muon_lr=self.muon_lr)
         if self.weight_decay is not None:
             changes["weight_decay"] = self.weight_decay
-        elif self.recipe == "fast" and self.FAST_WEIGHT_DECAY is not None:
-            changes["weight_decay"] = self.FAST_WEIGHT_DECAY
         own = self.FAST_CHANGES if self.recipe == "fast" else {}
         return grokking_recipe(self.recipe, self.n_train).replace(**{**own, **changes})  # validated once, whole
 
