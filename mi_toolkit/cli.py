@@ -153,7 +153,9 @@ def _othello(args: argparse.Namespace) -> int:
     best, best_logistic = (max(a["probes"][kind], key=lambda row: row["test"]) for kind in ("mine", "mine_logistic"))
     print(json.dumps({"out": str(run.path), **{k: a[k] for k in ("legal_top1", "n_params", "steps", "games_seen",
                                                                   "seconds")},
-                      **{name: {k: row[k] for k in ("hook_name", "test", "test_occupied", "control", "random_model")}
+                      **{name: {k: row.get(k) for k in ("hook_name", "test", "test_low", "test_high", "test_occupied",
+                                                 "test_occupied_low", "test_occupied_high", "control",
+                                                 "random_model")}
                          for name, row in (("probe_mine", best), ("probe_mine_logistic", best_logistic))},
                       "edits": {k: a["edits"][k] for k in ("none", "probe", "random", "reduction")}}, indent=2))
     if a["legal_top1"] < 0.99:

@@ -194,6 +194,12 @@ def write_sweep_report(path, rows: list[dict]) -> None:
     write_html(path, f"Grokking sweep: {len(rows)} runs", sections)
 
 
+def _with_interval(row: dict, key: str = "test") -> str:
+    """``row[key]`` with its 95% interval over held-out games where the analysis has one (older runs do not)."""
+    low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
+    return f"{row[key]:.4f}" + ("" if low is None else f" [95% interval {low:.4f}-{high:.4f}]")
+
+
 def write_othello_report(path, model, task, history: list[dict], analysis: dict, target: float = 0.99) -> None:
     """The Othello run's report: the legal-move rate (a banner against ``target``), training, the rate by move
     number, probes by layer with baselines and per square, an example game with the model's move probabilities, and
@@ -213,15 +219,16 @@ def write_othello_report(path, model, task, history: list[dict], analysis: dict,
     rows = [["legal top-1 (held-out games)", f"{a['legal_top1']:.5f}"], ["held-out loss", f"{a['heldout_loss']:.4f}"],
             ["parameters", f"{a['n_params']:,}"], ["steps / games seen", f"{a['steps']:,} / {a['games_seen']:,}"],
             ["seconds (training, analysis)", f"{a['seconds']['train']}, {a['seconds']['analysis']}"],
-            ["best mine/theirs/empty probe", f"{best['hook_name']}: {best['test']:.4f} (occupied squares "
-                                             f"{best['test_occupied']:.4f}; control {_fmt(best['control'])}, random "
-                                             f"model {_fmt(best['random_model'])}, majority {_fmt(best['majority'])})"],
+            ["best mine/theirs/empty probe", f"{best['hook_name']}: {_with_interval(best)} (occupied squares "
+                                             f"{_with_interval(best, 'test_occupied')}; control {_fmt(best['control'])}"
+                                             f", random model {_fmt(best['random_model'])}, majority "
+                                             f"{_fmt(best['majority'])})"],
             ["best mine/theirs/empty probe, logistic (AdamW)",
-             f"{best_logistic['hook_name']}: {best_logistic['test']:.4f} (occupied squares "
-             f"{best_logistic['test_occupied']:.4f}; control {_fmt(best_logistic['control'])}, random model "
-             f"{_fmt(best_logistic['random_model'])})"],
-            ["best black/white/empty probe", f"{best_colour['hook_name']}: {best_colour['test']:.4f} (occupied "
-                                             f"{best_colour['test_occupied']:.4f})"],
+             f"{best_logistic['hook_name']}: {_with_interval(best_logistic)} (occupied squares "
+             f"{_with_interval(best_logistic, 'test_occupied')}; control {_fmt(best_logistic['control'])}, random "
+             f"model {_fmt(best_logistic['random_model'])})"],
+            ["best black/white/empty probe", f"{best_colour['hook_name']}: {_with_interval(best_colour)} (occupied "
+                                             f"{_with_interval(best_colour, 'test_occupied')})"],
             ["probe edits: errors per case (none / probe / random)",
              f"{e['none']:.3f} / {e['probe']:.3f} / {e['random']:.3f} ({e['reduction']:.1f}x fewer)"]]
     game = a["example_game"]

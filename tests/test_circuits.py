@@ -430,6 +430,10 @@ def test_edge_scores_behave_as_a_mapping_and_bad_calls_fail_early(tiny_mlp_ln_mo
         causal_scrub(model, clean, mt.metrics.loss(clean), hypothesis, torch.cat([clean, corrupted]))
     with pytest.raises(ValueError, match="feature"):
         causal_scrub(model, clean, mt.metrics.loss(clean), Hypothesis((("a0.h1", "logits"),), {}), corrupted)
+    with pytest.raises(ValueError, match="level"):
+        causal_scrub(model, clean, mt.metrics.loss(clean), hypothesis, corrupted, level=1.0)
+    with pytest.raises(ValueError, match="n_bootstrap"):
+        faithfulness_curve(model, scores, clean, metric, [2], corrupted_tokens=corrupted, n_bootstrap=0)
 
 
 @pytest.mark.parametrize("per_position", [False, True])

@@ -265,3 +265,62 @@ def test_config_rejects_an_unknown_method():
 
 def test_layer_probes_is_exported():
     assert mt.analysis.LayerProbes is LayerProbes
+
+
+def test_interval_matches_the_binomial_one_for_independent_rows():
+    gen = torch.Generator().manual_seed(0)
+    n, p = 4000, 0.9
+    labels = torch.randint(0, 3, (n, 1), generator=gen)
+    right = torch.rand(n, 1, generator=gen) < p
+    predicted = torch.where(right, labels, (labels + 1) % 3)
+    accuracy = ProbeAccuracy.from_predictions(predicted, labels, 3, groups=torch.arange(n))
+    low, high = accuracy.interval(level=0.95, n_bootstrap=2000)
+    acc = accuracy.overall
+    half = 1.959964 * (acc * (1 - acc) / n) ** 0.5  # the normal approximation, computed independently
+    assert low < acc < high
+    assert (high - low) / 2 == pytest.approx(half, rel=0.15)
+    assert (acc - low) == pytest.approx(half, rel=0.25) and (high - acc) == pytest.approx(half, rel=0.25)
+
+
+def test_interval_resamples_whole_groups():
+    # 100 sequences of 20 rows, each sequence all right or all wrong: the interval is that of 100 draws, not 2000.
+    gen = torch.Generator().manual_seed(1)
+    seq_right = torch.rand(100, generator=gen) < 0.8
+    labels = torch.zeros(2000, 2, dtype=torch.long)
+    predicted = (~seq_right).long().repeat_interleave(20)[:, None].expand(-1, 2)
+    groups = torch.arange(100).repeat_interleave(20)
+    grouped = ProbeAccuracy.from_predictions(predicted, labels, 2, groups=groups)
+    rows = ProbeAccuracy.from_predictions(predicted, labels, 2, groups=torch.arange(2000))
+    acc = seq_right.double().mean().item()
+    assert grouped.overall == pytest.approx(acc) == pytest.approx(rows.overall)
+    width = lambda a: a.interval()[1] - a.interval()[0]  # noqa: E731
+    assert width(grouped) == pytest.approx(2 * 1.96 * (acc * (1 - acc) / 100) ** 0.5, rel=0.2)
+    assert width(grouped) > 3 * width(rows)  # sqrt(20) ~ 4.5 in expectation
+    assert grouped.interval(seed=3) == grouped.interval(seed=3)
+
+
+def test_interval_among_classes_and_errors():
+    gen = torch.Generator().manual_seed(2)
+    labels = torch.randint(-1, 3, (600, 4), generator=gen)
+    predicted = torch.randint(0, 3, (600, 4), generator=gen)
+    groups = torch.arange(600) // 6
+    occupied = ProbeAccuracy.from_predictions(predicted, labels, 3, groups=groups).among([1, 2])
+    direct = ProbeAccuracy.from_predictions(predicted, labels, 3, where=labels > 0, groups=groups)
+    assert occupied.overall == pytest.approx(direct.overall)
+    assert occupied.interval() == direct.interval()
+    assert torch.equal(occupied.group_counts, direct.group_counts)
+    with pytest.raises(ValueError, match="groups="):
+        ProbeAccuracy.from_predictions(predicted, labels, 3).interval()
+    with pytest.raises((ValueError, TypeError), match="groups"):  # jaxtyping's check, where installed, comes first
+        ProbeAccuracy.from_predictions(predicted, labels, 3, groups=groups[:10])
+    with pytest.raises(ValueError, match="level"):
+        direct.interval(level=1.5)
+
+
+def test_probe_layers_reports_intervals_over_held_out_sequences(token_model):
+    model, tokens, labels = token_model
+    result = probe_layers(model, tokens, labels, 3, hook_names=[get_act_name("resid_post", 1)], control=False,
+                          random_model=False)
+    row = result.table()[0]
+    assert row["test_low"] <= row["test"] <= row["test_high"]
+    assert len(result.test[row["hook_name"]].group_counts) == int(result.held_out.sum())

@@ -107,10 +107,13 @@ def board_probes(
 
 def board_probe_table(probes: LayerProbes) -> list[dict]:
     """:meth:`~mi_toolkit.analysis.probes.LayerProbes.table` of board probes, each row with ``test_occupied`` (the
-    held-out accuracy on occupied squares: classes 1 and 2) and ``test_per_square``."""
+    held-out accuracy on occupied squares: classes 1 and 2; its 95% interval ``test_occupied_low`` /
+    ``test_occupied_high``, resampling held-out games) and ``test_per_square``."""
     rows = probes.table()
     for row in rows:
         accuracy = probes.test[row["hook_name"]]
-        row["test_occupied"] = accuracy.among([1, 2]).overall
+        occupied = accuracy.among([1, 2])
+        row["test_occupied"] = occupied.overall
+        row["test_occupied_low"], row["test_occupied_high"] = occupied.interval()
         row["test_per_square"] = [round(x, 4) for x in accuracy.per_output.tolist()]
     return rows

@@ -13,6 +13,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from mi_toolkit.analysis.bootstrap import bounds, check_level, resample
 from mi_toolkit.analysis.circuits._engine import patched_logits, sender_outputs
 from mi_toolkit.analysis.circuits.graph import EdgeGraph, edge_graph
 from mi_toolkit.analysis.circuits.scores import EdgeScores
@@ -226,9 +227,9 @@ def faithfulness_curve(
     """
     if how not in ("top", "greedy"):
         raise ValueError(f"how must be 'top' or 'greedy', got {how!r}")
-    if n_random < 1 or n_bootstrap < 1 or not 0 < level < 1 or not n_edges:
-        raise ValueError(f"need n_edges, n_random >= 1, n_bootstrap >= 1 and 0 < level < 1; got {list(n_edges)}, "
-                         f"{n_random}, {n_bootstrap}, {level}")
+    if n_random < 1 or not n_edges:
+        raise ValueError(f"need n_edges and n_random >= 1; got {list(n_edges)}, {n_random}")
+    check_level(level, n_bootstrap)
     if not hasattr(metric, "per_example"):
         raise ValueError("bootstrap intervals need a metric with per-example values (the metrics of mt.metrics "
                          "have them: metric.per_example)")
@@ -251,15 +252,13 @@ def faithfulness_curve(
     _check_spread(full.mean().item(), empty.mean().item(), ablation)
     k = len(n_edges)
     top = values[:k]
-    rows = torch.randint(0, values.shape[1], (n_bootstrap, values.shape[1]), generator=gen)
+    rows = resample(values.shape[1], n_bootstrap, gen)
     boot = _ratio(top[:, rows].mean(-1), empty[rows].mean(-1), full[rows].mean(-1))  # (n, n_bootstrap)
     point = _ratio(top.mean(-1), empty.mean(), full.mean())
     rand = _ratio(values[k:-2].mean(-1), empty.mean(), full.mean()).view(k, n_random)
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=boot.dtype)
-    return FaithfulnessCurve(
-        list(n_edges), point.tolist(), boot.quantile(q[0], dim=1).tolist(), boot.quantile(q[1], dim=1).tolist(),
-        rand.mean(1).tolist(), rand.quantile(q[0], dim=1).tolist(), rand.quantile(q[1], dim=1).tolist(),
-        graph.n_edges, level)
+    (boot_lo, boot_hi), (rand_lo, rand_hi) = bounds(boot, level), bounds(rand, level)
+    return FaithfulnessCurve(list(n_edges), point.tolist(), boot_lo.tolist(), boot_hi.tolist(), rand.mean(1).tolist(),
+                             rand_lo.tolist(), rand_hi.tolist(), graph.n_edges, level)
 
 
 def roc_auc(scores: EdgeScores | Float[Tensor, " n_edges"], reference: Circuit) -> float:

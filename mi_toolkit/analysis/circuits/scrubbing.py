@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from mi_toolkit.analysis.bootstrap import bounds, check_level, resample
 from mi_toolkit.analysis.circuits._engine import receiver_hook, sender_hooks, sender_outputs, split_inputs
 from mi_toolkit.analysis.circuits.graph import EdgeGraph, edge_graph
 from mi_toolkit.analysis.patching.targets import check_inputs
@@ -228,6 +229,7 @@ def causal_scrub(
     Returns:
         :class:`ScrubResult`.
     """
+    check_level(level, n_bootstrap)
     graph = edge_graph(model)
     hypothesis.check(graph)
     if pool.ndim != 2 or pool.shape[1] != tokens.shape[1] or len(pool) < 2:
@@ -255,9 +257,9 @@ def causal_scrub(
                       "the input itself, which leaks information: use a larger pool", stacklevel=2)
     scrubbed, random = values
     clean = metric.per_example(model(tokens))
-    rows = torch.randint(0, len(tokens), (n_bootstrap, len(tokens)), generator=gen)
+    rows = resample(len(tokens), n_bootstrap, gen)
     boot = (random[rows].mean(1) - scrubbed[rows].mean(1)) / (random[rows].mean(1) - clean[rows].mean(1))
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=boot.dtype)
+    lo, hi = bounds(boot, level)
     recovered = ((random.mean() - scrubbed.mean()) / (random.mean() - clean.mean())).item()
-    return ScrubResult(recovered, boot.quantile(q[0]).item(), boot.quantile(q[1]).item(), clean.mean().item(),
-                       scrubbed.mean().item(), random.mean().item(), unmatched, level)
+    return ScrubResult(recovered, lo.item(), hi.item(), clean.mean().item(), scrubbed.mean().item(),
+                       random.mean().item(), unmatched, level)

@@ -30,7 +30,7 @@ class LayerProbes:
     train: dict[str, ProbeAccuracy]
     """Accuracy on the training rows."""
     test: dict[str, ProbeAccuracy]
-    """Accuracy on the held-out sequences' rows."""
+    """Accuracy on the held-out sequences' rows (with per-sequence counts: ``test[name].interval()``)."""
     majority: ProbeAccuracy
     """Held-out accuracy of predicting each output's most common training class (the same at every hook)."""
     control: dict[str, ProbeAccuracy]
@@ -53,11 +53,13 @@ class LayerProbes:
         return {name: self.test[name].overall - self.control[name].overall for name in self.control}
 
     def table(self) -> list[dict[str, str | float]]:
-        """One row per hook point: ``hook_name``, ``train``, ``test``, ``majority``, ``control``, ``selectivity``,
-        ``random_model`` (overall accuracies; NaN for a baseline not computed)."""
+        """One row per hook point: ``hook_name``, ``train``, ``test``, ``test_low`` and ``test_high`` (its 95%
+        bootstrap interval over the held-out sequences), ``majority``, ``control``, ``selectivity``, ``random_model``
+        (overall accuracies; NaN for a baseline not computed)."""
         nan, selectivity = float("nan"), self.selectivity()
+        intervals = {name: self.test[name].interval() for name in self.probes}
         return [{"hook_name": name, "train": self.train[name].overall, "test": self.test[name].overall,
-                 "majority": self.majority.overall,
+                 "test_low": intervals[name][0], "test_high": intervals[name][1], "majority": self.majority.overall,
                  "control": self.control[name].overall if name in self.control else nan,
                  "selectivity": selectivity.get(name, nan),
                  "random_model": self.random_model[name].overall if name in self.random_model else nan}
@@ -172,8 +174,10 @@ def probe_layers(
     device = torch.device(model.cfg.device)
     label_rows, test_rows = label_rows.to(device), test_rows.to(device)
     train_labels, test_labels = label_rows[~test_rows], label_rows[test_rows]
+    test_sequence = sequence.to(device)[test_rows]  # each held-out row's sequence: the bootstrap's unit
     class_counts = ProbeAccuracy.from_predictions(train_labels.clamp_min(0), train_labels, n_classes).confusion.sum(-1)
-    majority = ProbeAccuracy.from_predictions(class_counts.argmax(-1).expand_as(test_labels), test_labels, n_classes)
+    majority = ProbeAccuracy.from_predictions(class_counts.argmax(-1).expand_as(test_labels), test_labels, n_classes,
+                                              groups=test_sequence)
     if control:  # a fixed random label per token type and output, with the training labels' class frequencies
         generator = torch.Generator().manual_seed(config.seed)
         table = torch.multinomial(class_counts.double(), model.cfg.d_vocab, True, generator=generator).T
@@ -190,11 +194,11 @@ def probe_layers(
         del rows
         probes[name] = fit_probe(train_acts, train_labels, n_classes, config, hook_name=name)
         train[name] = probes[name].accuracy(train_acts, train_labels)
-        test[name] = probes[name].accuracy(test_acts, test_labels)
+        test[name] = probes[name].accuracy(test_acts, test_labels, groups=test_sequence)
         bar.update()
         if control:
             probe = fit_probe(train_acts, control_train, n_classes, config, hook_name=name)
-            control_acc[name] = probe.accuracy(test_acts, control_test)
+            control_acc[name] = probe.accuracy(test_acts, control_test, groups=test_sequence)
             bar.update()
     if random_model:
         baseline = build_model(model.cfg, seed=config.seed, device=device).eval()
@@ -202,7 +206,7 @@ def probe_layers(
         for name in names:
             rows = acts.pop(name)
             probe = fit_probe(rows[~test_rows], train_labels, n_classes, config, hook_name=name)
-            random_acc[name] = probe.accuracy(rows[test_rows], test_labels)
+            random_acc[name] = probe.accuracy(rows[test_rows], test_labels, groups=test_sequence)
             bar.update()
     bar.close()
     return LayerProbes(probes, train, test, majority, control_acc, random_acc, held_out, config)

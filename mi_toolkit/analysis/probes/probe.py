@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from mi_toolkit.analysis.bootstrap import bounds, check_level, resample
 from mi_toolkit.analysis.probes._fit import fit_adamw, fit_ridge
 from mi_toolkit.core.io import CheckpointError, load_tensors, save_tensors
 
@@ -65,6 +66,9 @@ class ProbeAccuracy:
 
     confusion: Int[Tensor, "outputs classes classes"]
     """``confusion[o, true, predicted]``: number of labelled rows of output ``o`` (on the CPU)."""
+    group_counts: Int[Tensor, "groups classes 2"] | None = None
+    """Where the rows came in groups (e.g. the positions of one sequence, which are not independent): per group and
+    true class, the counted entries and the correct ones. :meth:`interval` resamples them."""
 
     @classmethod
     def from_predictions(
@@ -73,15 +77,27 @@ class ProbeAccuracy:
         labels: Int[Tensor, "n outputs"],
         n_classes: int,
         where: Bool[Tensor, "n outputs"] | None = None,
+        groups: Int[Tensor, " n"] | None = None,
     ) -> "ProbeAccuracy":
-        """Count ``predicted`` against ``labels`` on the entries with a label (not -1) and, if given, ``where``."""
+        """Count ``predicted`` against ``labels`` on the entries with a label (not -1) and, if given, ``where``;
+        ``groups`` (one id per row) also keeps the counts per group for :meth:`interval`."""
         counted = labels >= 0
         if where is not None:
             counted = counted & where.to(counted.device)
+        predicted = predicted.to(labels.device)
         output = torch.arange(labels.shape[1], device=labels.device).expand_as(labels)
-        index = (output * n_classes + labels) * n_classes + predicted.to(labels.device)
+        index = (output * n_classes + labels) * n_classes + predicted
         counts = torch.bincount(index[counted], minlength=labels.shape[1] * n_classes**2)
-        return cls(counts.view(labels.shape[1], n_classes, n_classes).cpu())
+        confusion = counts.view(labels.shape[1], n_classes, n_classes).cpu()
+        if groups is None:
+            return cls(confusion)
+        if groups.shape != labels.shape[:1]:
+            raise ValueError(f"groups must hold one id per row ({len(labels)}), got shape {tuple(groups.shape)}")
+        _, group = torch.unique(groups.to(labels.device), return_inverse=True)
+        n_groups = int(group.max()) + 1 if len(group) else 0
+        index = ((group[:, None] * n_classes + labels) * 2 + (predicted == labels))[counted]
+        per_group = torch.bincount(index, minlength=n_groups * n_classes * 2).view(n_groups, n_classes, 2)
+        return cls(confusion, torch.stack([per_group.sum(-1), per_group[..., 1]], -1).cpu())
 
     @property
     def counts(self) -> Int[Tensor, " outputs"]:
@@ -107,7 +123,31 @@ class ProbeAccuracy:
         """The accuracy on the entries whose true class is one of ``classes`` (e.g. ``[1, 2]``: occupied squares)."""
         keep = torch.zeros(self.confusion.shape[1], dtype=torch.bool)
         keep[list(classes)] = True
-        return ProbeAccuracy(self.confusion * keep[None, :, None])
+        groups = None if self.group_counts is None else self.group_counts * keep[None, :, None]
+        return ProbeAccuracy(self.confusion * keep[None, :, None], groups)
+
+    def interval(self, level: float = 0.95, n_bootstrap: int = 1000, seed: int = 0) -> tuple[float, float]:
+        """A percentile bootstrap interval of :attr:`overall` that resamples whole groups of rows (sequences, for
+        :func:`~mi_toolkit.analysis.probes.probe_layers`' held-out accuracies), so the positions of one sequence
+        count as one draw.
+
+        >>> labels = torch.tensor([[0], [1], [1], [0]])
+        >>> accuracy = ProbeAccuracy.from_predictions(torch.tensor([[0], [1], [0], [0]]), labels, 2,
+        ...                                           groups=torch.tensor([0, 0, 1, 1]))
+        >>> accuracy.overall, accuracy.interval()
+        (0.75, (0.5, 1.0))
+        """
+        check_level(level, n_bootstrap)
+        if self.group_counts is None:
+            raise ValueError("no per-group counts: pass groups= to ProbeAccuracy.from_predictions or Probe.accuracy "
+                             "(probe_layers does, one group per sequence)")
+        totals = self.group_counts.sum(1).double()  # (groups, 2): counted, correct
+        totals = totals[totals[:, 0] > 0]
+        if not len(totals):
+            raise ValueError("no counted entries to resample")
+        picked = totals[resample(len(totals), n_bootstrap, torch.Generator().manual_seed(seed))].sum(1)
+        lo, hi = bounds(picked[:, 1] / picked[:, 0], level)
+        return lo.item(), hi.item()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -149,6 +189,7 @@ class Probe:
         labels: Int[Tensor, "n outputs"],
         *,
         where: Bool[Tensor, "n outputs"] | None = None,
+        groups: Int[Tensor, " n"] | None = None,
     ) -> ProbeAccuracy:
         """Accuracy on the labelled entries (label not -1) and, if given, only where ``where`` is True.
 
@@ -156,6 +197,7 @@ class Probe:
             acts: activations, one row per labelled input.
             labels: true classes, -1 where unknown.
             where: entries to count, e.g. ``labels != 0`` for occupied squares only.
+            groups: one id per row (e.g. its sequence), for :meth:`ProbeAccuracy.interval`.
 
         Returns:
             A :class:`ProbeAccuracy` (``.overall``, ``.per_output``, ...).
@@ -164,7 +206,8 @@ class Probe:
         _check_rows(acts, labels, self.d_in)
         if where is not None and where.shape != labels.shape:
             raise ValueError(f"where has shape {tuple(where.shape)}, labels {tuple(labels.shape)}")
-        return ProbeAccuracy.from_predictions(self.predict(acts), labels.to(self.W.device), self.n_classes, where)
+        return ProbeAccuracy.from_predictions(self.predict(acts), labels.to(self.W.device), self.n_classes, where,
+                                              groups)
 
     def directions(self) -> Float[Tensor, "outputs classes d_in"]:
         """Every class's probe direction per output, unit norm. A softmax (or one-hot least squares) probe is blind
