@@ -23,7 +23,6 @@ from mi_toolkit.analysis.fourier import (
 )
 from mi_toolkit.analysis.progress import (
     CLEAN_RESTRICTED_LOSS,
-    GROKKED_TEST_ACC,
     evaluate_checkpoints,
     excluded_loss,
     grokking_measures,
@@ -143,10 +142,7 @@ def analyse(model: HookedTransformer, task: ModularArithmetic, history: list[dic
     if run_dir is not None:
         by_step = {r["step"]: r for r in evaluate_checkpoints(model, task, run_dir, freqs)}
         history = [{**r, **by_step.get(r["step"], {})} for r in history]
-    analysis.update(history_summary(history))
-    # Grokked: the final model generalises and uses the Fourier algorithm (restricted loss < 0.1).
-    analysis["grokked"] = (analysis["final"]["test_acc"] >= GROKKED_TEST_ACC
-                           and analysis["restricted_loss"] < CLEAN_RESTRICTED_LOSS)
+    analysis.update(history_summary(history, analysis["restricted_loss"]))  # with "grokked"
     return history, analysis
 
 

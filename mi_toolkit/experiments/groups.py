@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import torch
 
-from mi_toolkit.analysis.progress import CLEAN_RESTRICTED_LOSS, GROKKED_TEST_ACC, over_checkpoints, sum_squared_weights
+from mi_toolkit.analysis.progress import CLEAN_RESTRICTED_LOSS, over_checkpoints, sum_squared_weights
 from mi_toolkit.analysis.representations import (
     coset_concentration,
     excluded_loss_irreps,
@@ -151,9 +151,7 @@ def analyse_groups(model: HookedTransformer, task: GroupComposition, history: li
             model, run_dir, lambda m: {"restricted_loss": restricted_loss_irreps(m, task, key),
                                        "excluded_loss": excluded_loss_irreps(m, task, key)})}
         history = [{**r, **by_step.get(r["step"], {})} for r in history]
-    analysis.update(history_summary(history))
-    analysis["grokked"] = (analysis["final"]["test_acc"] >= GROKKED_TEST_ACC
-                           and analysis["restricted_loss"] < CLEAN_RESTRICTED_LOSS)
+    analysis.update(history_summary(history, analysis["restricted_loss"]))  # with "grokked"
     return history, analysis
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
-from mi_toolkit.analysis.progress import GROKKED_TEST_ACC, estimate_phases
+from mi_toolkit.analysis.progress import CLEAN_RESTRICTED_LOSS, GROKKED_TEST_ACC, estimate_phases
 from mi_toolkit.core.io import Run, load_json, read_jsonl, save_json, save_tensors, write_jsonl
 from mi_toolkit.experiments.runs import check_out_dir
 from mi_toolkit.training.recipes import GROKKING_RECIPES, grokking_recipe
@@ -107,15 +107,19 @@ def apply_checks(values: dict, checks: dict) -> dict:
     return values
 
 
-def history_summary(history: list[dict]) -> dict:
+def history_summary(history: list[dict], restricted_loss: float | None = None) -> dict:
     """What every grokking-style analysis reports of its history: the final losses and accuracies, the first step
-    with test accuracy >= 99%, and the estimated phases."""
+    with test accuracy >= 99%, and the estimated phases. Given the final model's ``restricted_loss``, also
+    ``"grokked"``: the model generalises (test accuracy >= 99%) and uses the algorithm (restricted loss < 0.1)."""
     final = history[-1]
-    return {
+    summary = {
         "final": {k: final[k] for k in ("step", "train_loss", "test_loss", "train_acc", "test_acc")},
         "grokked_at_step": next((r["step"] for r in history if r["test_acc"] >= GROKKED_TEST_ACC), None),
         "phases": dataclasses.asdict(estimate_phases(history)),
     }
+    if restricted_loss is not None:
+        summary["grokked"] = final["test_acc"] >= GROKKED_TEST_ACC and restricted_loss < CLEAN_RESTRICTED_LOSS
+    return summary
 
 
 class _UntilDone:
