@@ -110,7 +110,7 @@ def replicate(run, config: mt.SAEConfig, *, n_train_windows: int, n_eval_windows
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, help="run directory of `mi-toolkit lm`")
-    parser.add_argument("--activation", choices=["topk", "relu", "jumprelu"], default="topk")
+    parser.add_argument("--activation", choices=["topk", "batchtopk", "relu", "jumprelu"], default="topk")
     parser.add_argument("--d-sae", type=int, default=4096)
     parser.add_argument("--k", type=int, default=24, help="TopK: active features per token")
     parser.add_argument("--l1", type=float, default=1.0, help="ReLU: L1 coefficient")

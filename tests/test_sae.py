@@ -72,6 +72,43 @@ def test_jumprelu_recovers_ground_truth_features_and_learns_thresholds(ground_tr
     assert (threshold[live] * scale).median() > 0.8
 
 
+@pytest.mark.slow
+def test_batchtopk_keeps_k_per_input_on_average_and_encodes_as_jumprelu(ground_truth):
+    data, x = ground_truth
+    cfg = SAEConfig(d_in=32, d_sae=128, activation="batchtopk", k=4, lr=1e-2, batch_size=512, steps=600, seed=0)
+    sae = train_sae(x, cfg, progress=False)
+    cos = F.normalize(data.features, dim=-1) @ F.normalize(sae.W_dec.detach(), dim=-1).T
+    assert cos.max(dim=1).values.mean() >= 0.95  # MMCS from its definition
+    threshold = sae.log_threshold.detach().exp()
+    assert not sae.log_threshold.requires_grad and (threshold == threshold[0]).all() and threshold[0] > 0
+    held_out = data.sample(5000)
+    with torch.no_grad():
+        pre = (held_out - sae.b_dec) @ sae.W_enc + sae.b_enc
+        f = sae.encode(held_out)
+    torch.testing.assert_close(f, pre * (pre > threshold))  # a JumpReLU at inference
+    l0 = (f > 0).sum(-1).float()
+    assert l0.mean() == pytest.approx(4, rel=0.25)  # k on average, from the running threshold alone
+    assert l0.std() > 0.5  # not k for every input: the batch shares the budget
+    assert evaluate_sae(sae, held_out).explained_variance > 0.8
+
+
+def test_batchtopk_step_keeps_the_batch_largest_activations(ground_truth):
+    _, x = ground_truth
+    cfg = SAEConfig(d_in=32, d_sae=64, activation="batchtopk", k=3, batch_size=16)
+    sae = SAE(cfg)
+    training = SAETraining(_Buffer(x[:64], cfg, torch.Generator().manual_seed(0)), cfg, 1.0,
+                           torch.Generator().manual_seed(0), None)
+    batch = x[:16]
+    training.loss(sae, batch)
+    acts = F.relu(sae.pre_activations(batch)).detach()
+    kth = acts.flatten().sort(descending=True).values[3 * 16 - 1]  # the 48th largest of the batch, by sorting
+    assert torch.equal(training.active, acts >= kth)
+    assert training.smallest_kept == kth
+    with torch.no_grad():
+        training.after_step(sae, 0, torch.optim.Adam(sae.parameters()))
+    torch.testing.assert_close(sae.threshold, kth.expand(64))  # the first step sets the threshold
+
+
 def test_jumprelu_straight_through_gradients():
     """The threshold's gradient is the rectangle-kernel estimate of Rajamanoharan et al. 2024 (eqs. 11-12)."""
     from mi_toolkit.training.sae import SAETraining
@@ -324,6 +361,6 @@ def test_clear_errors_before_training(fitted_grokking_model):
     with pytest.raises(ValueError, match="size 32, the SAE reads 48"):
         ce_loss_recovered(model, identity_sae(48), "blocks.0.hook_resid_post", tokens)
     for bad in (dict(l1_coefficient=0.0), dict(l1_coefficient=-1.0), dict(k=0), dict(k=-3),
-                dict(k=9, activation="topk")):
+                dict(k=9, activation="topk"), dict(k=9, activation="batchtopk")):
         with pytest.raises(ValueError, match="l1_coefficient|k must"):
             SAEConfig(d_in=4, d_sae=8, **bad)

@@ -126,21 +126,27 @@ def test_saelens_topk_rescaled_by_decoder_norm(tmp_path, x):
     check_reproduces(sae, folded, x, architecture="topk", apply_b_dec_to_input=True, k=5)
 
 
-@pytest.mark.parametrize("activation", ["relu", "topk", "jumprelu"])
+INFERENCE = {"relu": "relu", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}
+"""What each architecture is at inference, and so in the foreign formats (BatchTopK: a JumpReLU)."""
+SAELENS_NAME = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}
+
+
+@pytest.mark.parametrize("activation", ["relu", "topk", "jumprelu", "batchtopk"])
 def test_save_in_each_format_and_load_back(tmp_path, x, activation):
     sae = SAE(SAEConfig(d_in=24, d_sae=64, activation=activation, k=6, seed=5))
     w = known_weights(24, 64, seed=6)
     with torch.no_grad():
         for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
             getattr(sae, name).copy_(torch.from_numpy(w[name]))
-        if activation == "jumprelu":
+        if activation in ("jumprelu", "batchtopk"):  # (BatchTopK's threshold is one number in practice)
             sae.log_threshold.copy_(torch.from_numpy(w["threshold"]).log())
     sae, xt = sae.double(), torch.from_numpy(x).double()  # float64: differences are the formats', not rounding
     formats = ["toolkit", "saelens"] + (["gemma_scope"] if activation != "topk" else [])
     for format in formats:
         loaded = load_sae(sae.save(tmp_path / format, format=format)).double()
-        assert (loaded.cfg.d_in, loaded.cfg.d_sae, loaded.cfg.activation) == (24, 64, activation if
-                                                                               format != "gemma_scope" else "jumprelu")
+        assert (loaded.cfg.d_in, loaded.cfg.d_sae, loaded.cfg.activation) == (
+            24, 64, activation if format == "toolkit" else "jumprelu" if format == "gemma_scope"
+            else INFERENCE[activation])
         with torch.no_grad():
             torch.testing.assert_close(loaded.encode(xt), sae.encode(xt), atol=TOL, rtol=0)
             torch.testing.assert_close(loaded(xt), sae(xt), atol=TOL, rtol=0)
@@ -148,7 +154,7 @@ def test_save_in_each_format_and_load_back(tmp_path, x, activation):
     assert all(torch.equal(p, q) for p, q in zip(load_sae(tmp_path / "toolkit").double().parameters(),
                                                    sae.parameters()))
     # The files hold what the formats say, read back with plain numpy / safetensors.
-    thresholds = w["threshold"] if activation == "jumprelu" else np.zeros(64, np.float32)
+    thresholds = w["threshold"] if activation in ("jumprelu", "batchtopk") else np.zeros(64, np.float32)
     if activation != "topk":
         with np.load(tmp_path / "gemma_scope" / "params.npz", allow_pickle=False) as npz:
             assert sorted(npz.files) == ["W_dec", "W_enc", "b_dec", "b_enc", "threshold"]
@@ -159,7 +165,7 @@ def test_save_in_each_format_and_load_back(tmp_path, x, activation):
         with pytest.raises(ValueError, match="TopK SAE cannot be written as Gemma Scope"):
             sae.save(tmp_path / "gs", format="gemma_scope")
     cfg = json.loads((tmp_path / "saelens" / "cfg.json").read_text())
-    assert cfg["architecture"] == {"relu": "standard"}.get(activation, activation)
+    assert cfg["architecture"] == SAELENS_NAME[activation]
     assert cfg["metadata"]["sae_lens_version"].startswith("6.")
 
 
@@ -173,7 +179,7 @@ def real_saelens():
     return sae_lens
 
 
-@pytest.mark.parametrize("activation", ["relu", "topk", "jumprelu"])
+@pytest.mark.parametrize("activation", ["relu", "topk", "jumprelu", "batchtopk"])
 def test_round_trip_with_real_saelens(tmp_path, x, real_saelens, activation):
     """toolkit -> SAELens's load_from_disk, and SAELens's save_model -> toolkit, compared on encode and decode."""
     sae = SAE(SAEConfig(d_in=24, d_sae=64, activation=activation, k=6, seed=7))
@@ -181,18 +187,18 @@ def test_round_trip_with_real_saelens(tmp_path, x, real_saelens, activation):
     with torch.no_grad():
         for name in ("b_enc", "b_dec"):
             getattr(sae, name).copy_(torch.from_numpy(w[name]))
-        if activation == "jumprelu":
+        if activation in ("jumprelu", "batchtopk"):
             sae.log_threshold.copy_(torch.from_numpy(w["threshold"]).log())
     xt = torch.from_numpy(x)
     lens = real_saelens.SAE.load_from_disk(sae.save(tmp_path / "ours", format="saelens"))
-    assert lens.cfg.architecture() == {"relu": "standard"}.get(activation, activation)
+    assert lens.cfg.architecture() == SAELENS_NAME[activation]
     with torch.no_grad():
         torch.testing.assert_close(lens.encode(xt), sae.encode(xt), atol=TOL, rtol=0)
         torch.testing.assert_close(lens.decode(lens.encode(xt)), sae(xt), atol=TOL, rtol=0)
 
     # The reverse: an SAE SAELens made and saved, not applying b_dec to the input.
     classes = {"relu": ("StandardSAE", "StandardSAEConfig", {}), "topk": ("TopKSAE", "TopKSAEConfig", {"k": 6}),
-               "jumprelu": ("JumpReLUSAE", "JumpReLUSAEConfig", {})}[activation]
+               "jumprelu": ("JumpReLUSAE", "JumpReLUSAEConfig", {})}[INFERENCE[activation]]
     cls, cfg_cls, extra = (getattr(real_saelens, name) if isinstance(name, str) else name for name in classes)
     theirs = cls(cfg_cls(d_in=24, d_sae=64, apply_b_dec_to_input=False, **extra))
     with torch.no_grad():

@@ -3,7 +3,8 @@
 ``f = act(W_enc^T (x - b_dec) + b_enc)``, ``x_hat = W_dec^T f + b_dec``, with ``act`` ReLU (trained on
 ``||x - x_hat||^2 + l1 * ||f||_1``), TopK (keep the k largest pre-activations, trained on the squared error
 alone) or JumpReLU (``pre * (pre > threshold)`` with a learnt per-feature threshold, trained on the squared error
-plus ``l0 * ||f||_0``; Rajamanoharan et al. 2024). Decoder rows are kept at unit norm so the L1 penalty cannot be
+plus ``l0 * ||f||_0``; Rajamanoharan et al. 2024) or BatchTopK (the ``k x batch`` largest pre-activations of a
+training batch, then a JumpReLU with one threshold at inference; Bussmann et al. 2024). Decoder rows are kept at unit norm so the L1 penalty cannot be
 dodged by shrinking ``f``; features that stop firing are resampled towards badly reconstructed inputs (Bricken et
 al. 2023). Training is :func:`mi_toolkit.training.train_sae`. An SAE saves as safetensors + JSON, or in SAELens's or
 Gemma Scope's format (:meth:`SAE.save`); :func:`load_sae` reads all three (:mod:`mi_toolkit.models.sae_formats`).
@@ -38,9 +39,13 @@ class SAEConfig:
     """Size of the activations the SAE reads (trailing dimensions of the hook's activation, flattened)."""
     d_sae: int
     """Number of features (dictionary size)."""
-    activation: Literal["relu", "topk", "jumprelu"] = "relu"
+    activation: Literal["relu", "topk", "jumprelu", "batchtopk"] = "relu"
     """``"relu"``: ReLU with an L1 penalty; ``"topk"``: keep the ``k`` largest pre-activations (ReLU-ed);
-    ``"jumprelu"``: ``pre * (pre > threshold)`` with a per-feature threshold, trained with an L0 penalty."""
+    ``"jumprelu"``: ``pre * (pre > threshold)`` with a per-feature threshold, trained with an L0 penalty;
+    ``"batchtopk"``: in training keep the ``k x batch`` largest pre-activations of the whole batch (so ``k`` on
+    average per input, more for some inputs and fewer for others), and encode as a JumpReLU whose threshold, the
+    same for every feature, is the running mean of the smallest activation kept (Bussmann et al. 2024). Foreign
+    formats store it as the JumpReLU it is at inference, as SAELens does."""
     apply_b_dec_to_input: bool = True
     """Subtract ``b_dec`` from the input before encoding (the toolkit's and SAELens's default); False for SAEs such as
     Gemma Scope's, whose encoder reads ``x @ W_enc + b_enc``."""
@@ -48,7 +53,7 @@ class SAEConfig:
     """ReLU only: weight of ``||f||_1`` against the squared error ``||x - x_hat||^2`` (both per input, on normalised
     activations). Representing a feature pays when its activation exceeds about this value."""
     k: int = 16
-    """Active features per input (TopK only)."""
+    """Active features per input (TopK; BatchTopK: on average over a training batch)."""
     aux_k: int = 0
     """TopK only: the auxiliary loss of Gao et al. (2024), "AuxK". Each step, the ``aux_k`` largest pre-activations
     among the features dead for :attr:`dead_steps` steps reconstruct the error of the main reconstruction, which
@@ -89,15 +94,15 @@ class SAEConfig:
     def __post_init__(self):
         if self.d_in < 1 or self.d_sae < 1:
             raise ValueError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
-        if self.activation not in ("relu", "topk", "jumprelu"):
-            raise ValueError(f"activation must be 'relu', 'topk' or 'jumprelu', got {self.activation!r}")
+        if self.activation not in ("relu", "topk", "jumprelu", "batchtopk"):
+            raise ValueError(f"activation must be 'relu', 'topk', 'jumprelu' or 'batchtopk', got {self.activation!r}")
         if not self.l1_coefficient > 0 or not self.l0_coefficient > 0:
             raise ValueError(f"l1_coefficient and l0_coefficient must be positive, got {self.l1_coefficient}, "
                              f"{self.l0_coefficient}")
         if not self.initial_threshold > 0 or not self.bandwidth > 0:
             raise ValueError(f"initial_threshold and bandwidth must be positive, got {self.initial_threshold}, "
                              f"{self.bandwidth}")
-        if self.k < 1 or (self.activation == "topk" and self.k > self.d_sae):
+        if self.k < 1 or (self.activation in ("topk", "batchtopk") and self.k > self.d_sae):
             raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}")
         if self.aux_k < 0 or self.aux_k > self.d_sae or not self.aux_coefficient > 0 or self.dead_steps < 1:
             raise ValueError(f"need aux_k in [0, d_sae={self.d_sae}], aux_coefficient > 0 and dead_steps >= 1, got "
@@ -115,7 +120,8 @@ class SAE(nn.Module):
 
     Parameters: ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``, ``b_enc [d_sae]``, ``b_dec [d_in]`` (the layout of
     SAELens and Gemma Scope), and for JumpReLU ``log_threshold [d_sae]`` (the threshold is ``exp(log_threshold)``, as
-    Rajamanoharan et al. train it, so it stays positive).
+    Rajamanoharan et al. train it, so it stays positive); BatchTopK keeps its running threshold there too, set by the
+    training steps rather than by gradients.
     """
 
     def __init__(self, cfg: SAEConfig):
@@ -127,12 +133,13 @@ class SAE(nn.Module):
         self.W_enc = nn.Parameter(W_dec.T.clone())  # tied initialisation: each feature starts reading its direction
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
-        if cfg.activation == "jumprelu":
-            self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.initial_threshold)))
+        if cfg.activation in ("jumprelu", "batchtopk"):
+            self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.initial_threshold)),
+                                              requires_grad=cfg.activation == "jumprelu")
 
     @property
     def threshold(self) -> Float[Tensor, " d_sae"]:
-        """JumpReLU only: the per-feature threshold ``exp(log_threshold)``."""
+        """JumpReLU and BatchTopK only: the per-feature threshold ``exp(log_threshold)``."""
         return self.log_threshold.exp()
 
     def pre_activations(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
@@ -145,7 +152,7 @@ class SAE(nn.Module):
         """Feature activations (non-negative; at most ``k`` non-zero for TopK)."""
         if self.cfg.activation == "relu":
             return F.relu(self.pre_activations(x))
-        if self.cfg.activation == "jumprelu":
+        if self.cfg.activation in ("jumprelu", "batchtopk"):
             pre = self.pre_activations(x)
             return pre * (pre > self.threshold)
         values, indices = self.topk(x)
@@ -203,9 +210,10 @@ class SAE(nn.Module):
         if format not in ("saelens", "gemma_scope"):
             raise ValueError(f"format must be 'toolkit', 'saelens' or 'gemma_scope', got {format!r}")
         weights = {name: p.detach() for name, p in self.named_parameters() if name != "log_threshold"}
-        if self.cfg.activation == "jumprelu":
-            weights["threshold"] = self.threshold.detach()
         fields = dataclasses.asdict(self.cfg)
+        if self.cfg.activation in ("jumprelu", "batchtopk"):
+            weights["threshold"] = self.threshold.detach()
+            fields["activation"] = "jumprelu"  # what BatchTopK is at inference (SAELens writes it so too)
         if format == "saelens":
             return sae_formats.write_saelens(path, fields, weights)
         return sae_formats.write_gemma_scope(path, fields, weights)

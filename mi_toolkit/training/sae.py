@@ -1,6 +1,7 @@
 """Training sparse autoencoders through the one trainer: from a tensor of activations or straight from a model hook
-through a shuffled activation buffer; ReLU + L1, TopK, or JumpReLU + L0 (the threshold learnt through a
-straight-through estimator, Rajamanoharan et al. 2024); unit-norm decoder, dead-feature resampling.
+through a shuffled activation buffer; ReLU + L1, TopK, JumpReLU + L0 (the threshold learnt through a
+straight-through estimator, Rajamanoharan et al. 2024), or BatchTopK (Bussmann et al. 2024); unit-norm decoder,
+dead-feature resampling.
 
 >>> x = torch.randn(2048, 8)
 >>> sae = train_sae(x, SAEConfig(d_in=8, d_sae=16, activation="topk", k=4, steps=20), progress=False)
@@ -129,6 +130,8 @@ class SAETraining:
         self.since_fired = torch.zeros(config.d_sae, dtype=torch.long, device=buffer.data.device)
         self.x: Tensor | None = None
         self.active: Tensor | None = None
+        self.smallest_kept: Tensor | None = None  # BatchTopK: the batch's smallest kept activation
+        self.threshold_steps = 0
 
     def train_batch(self, step: int) -> Float[Tensor, "batch d_in"]:
         return self.buffer.next_batch().float() * self.scale
@@ -145,6 +148,10 @@ class SAETraining:
             l0 = _Step.apply(pre, threshold, config.bandwidth).sum(-1).mean()
             loss = (sae.decode(f) - x).pow(2).sum(-1).mean() + config.l0_coefficient * l0
             active = f > 0
+        elif config.activation == "batchtopk":
+            f = self._batch_topk(F.relu(sae.pre_activations(x)))
+            loss = (sae.decode(f) - x).pow(2).sum(-1).mean()
+            active = f > 0
         else:
             pre = sae.pre_activations(x)
             values, indices = sae._topk(pre)
@@ -156,6 +163,13 @@ class SAETraining:
                 loss = loss + config.aux_coefficient * self._aux_loss(sae, pre, (x - x_hat).detach())
         self.x, self.active = x, active
         return loss
+
+    def _batch_topk(self, acts: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
+        """Keep the ``k x batch`` largest activations of the whole batch; note the smallest positive one kept."""
+        values, indices = acts.flatten().topk(self.config.k * len(acts))
+        positive = values[values > 0]
+        self.smallest_kept = positive.min().detach() if len(positive) else None
+        return torch.zeros_like(acts.flatten()).scatter(0, indices, values).view_as(acts)
 
     def _aux_loss(self, sae: SAE, pre: Tensor, error: Float[Tensor, "batch d_in"]) -> Tensor:
         """AuxK: the squared error of reconstructing ``error`` from the ``aux_k`` largest pre-activations of the
@@ -177,6 +191,14 @@ class SAETraining:
         with torch.no_grad():
             if config.unit_norm_decoder:
                 sae.W_dec.copy_(F.normalize(sae.W_dec, dim=-1))
+            if config.activation == "batchtopk" and self.smallest_kept is not None:
+                # The inference threshold: a running mean of the smallest kept activation (the mean of the batches
+                # so far for the first 100 steps, then an exponential average over about the last 100).
+                self.threshold_steps += 1
+                rate = max(1 / self.threshold_steps, 0.01)
+                threshold = sae.threshold.lerp(self.smallest_kept, rate) if self.threshold_steps > 1 else (
+                    self.smallest_kept.expand_as(sae.log_threshold))
+                sae.log_threshold.copy_(threshold.log())
             self.since_fired = (self.since_fired + 1).masked_fill(self.active.any(0), 0)
         if (config.resample_every and (step + 1) % config.resample_every == 0
                 and step + 1 + config.resample_every <= config.steps):
@@ -236,7 +258,7 @@ def train_sae(
     with torch.no_grad():  # f_raw = f / scale: divide both biases by the scale (see SAEConfig.normalize_activations)
         sae.b_enc.div_(scale)
         sae.b_dec.div_(scale)
-        if config.activation == "jumprelu":  # and the thresholds, which the pre-activations are compared with
+        if config.activation in ("jumprelu", "batchtopk"):  # and the thresholds the pre-activations are compared to
             sae.log_threshold.sub_(math.log(scale))
     return sae.eval()
 
