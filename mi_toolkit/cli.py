@@ -28,8 +28,20 @@ __all__ = ["main"]
 
 def _training_fields(args: argparse.Namespace) -> dict:
     """The training settings every grokking-style subcommand takes (``_training_arguments``)."""
-    return dict(recipe=args.recipe, steps=args.steps, max_steps=args.max_steps, grad_filter=args.filter,
-                weight_decay=args.weight_decay, muon_lr=args.muon_lr, device=args.device)
+    fields = dict(recipe=args.recipe, steps=args.steps, max_steps=args.max_steps, grad_filter=args.filter,
+                  weight_decay=args.weight_decay, muon_lr=args.muon_lr, device=args.device)
+    if args.embedding_decay_after is not None:  # else the experiment's own default
+        fields["embedding_decay_after"] = None if args.embedding_decay_after == "keep" else args.embedding_decay_after
+    return fields
+
+
+def _decay_factor(text: str) -> float | str:
+    if text == "keep":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'keep', got {text!r}") from None
 
 
 def _grokking_config(args: argparse.Namespace, **fields):
@@ -220,6 +232,9 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override the recipe's weight decay (default: the recipe's; see README)")
     parser.add_argument("--muon-lr", type=float, default=None,
                         help="train the weight matrices with Muon at this learning rate (default: the recipe's AdamW)")
+    parser.add_argument("--embedding-decay-after", type=_decay_factor, default=None, metavar="FACTOR|keep",
+                        help="once test accuracy first reaches 99%%, multiply the embeddings' and unembedding's weight "
+                             "decay by this ('keep': no change; default: the experiment's, 0 for grokking)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -80,6 +80,13 @@ def test_cli_bad_arguments(tmp_path, capsys):
     assert "p must be" in capsys.readouterr().err
     assert cli(["grokking", "--out", str(tmp_path / "y"), "--frac-train", "1.5"]) == 2
     assert "frac_train" in capsys.readouterr().err
+    assert cli(["grokking", "--out", str(tmp_path / "z"), "--embedding-decay-after", "-1"]) == 2
+    assert "embedding_decay_after must be >= 0" in capsys.readouterr().err
+    for value, expected in (("keep", None), ("0.5", 0.5)):
+        out = tmp_path / f"decay-{value}"
+        assert cli(["grokking", "--out", str(out), "--p", "11", "--steps", "2", "--quiet", "--no-report",
+                    "--embedding-decay-after", value]) == 0
+        assert json.loads((out / "config.json").read_text())["grokking_config"]["embedding_decay_after"] == expected
 
 
 def test_cli_continues_a_run_to_more_steps(tmp_path):

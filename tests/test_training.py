@@ -150,6 +150,45 @@ def test_adam_and_adamw_differ_only_in_weight_decay(new_model):
     assert not torch.allclose(weights["adam", 1.0], weights["adamw", 1.0])
 
 
+def test_embedding_decay_scale_moves_only_the_embeddings_weight_decay(new_model):
+    """Against torch's AdamW run by hand with the embeddings (W_E, W_pos, W_U) in a group of their own whose weight
+    decay drops to 0.25x after step 2."""
+    task = ModularArithmetic(p=P, frac_train=0.5)
+    cfg = TrainConfig(steps=5, lr=1e-2, weight_decay=1.0, warmup_steps=0, grad_clip=None, log_every=5,
+                      checkpoint_every=5)
+    scale = lambda step: 1.0 if step < 2 else 0.25  # noqa: E731
+    model = new_model()
+    train(model, task, cfg, progress=False, embedding_decay_scale=scale)
+
+    reference = new_model()
+    embeddings = [reference.embed.W_E, reference.pos_embed.W_pos, reference.unembed.W_U, reference.unembed.b_U]
+    embeddings = [p for p in embeddings if p.requires_grad]
+    rest = [p for p in reference.parameters() if p.requires_grad and all(p is not e for e in embeddings)]
+    optimizer = torch.optim.AdamW([{"params": rest}, {"params": embeddings}], lr=1e-2, betas=cfg.betas,
+                                  weight_decay=1.0)
+    for step in range(5):
+        optimizer.zero_grad()
+        task.loss(reference, task.train_batch(step)).backward()
+        optimizer.param_groups[1]["weight_decay"] = scale(step)
+        optimizer.step()
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    plain = new_model()
+    train(plain, task, cfg, progress=False)
+    assert not torch.allclose(plain.W_E, model.W_E)  # the embeddings kept less of their decay
+    with pytest.raises(ValueError, match="AdamW or Adam"):
+        train(new_model(), task, cfg.replace(optimizer="muon"), progress=False, embedding_decay_scale=scale)
+
+
+def test_resume_with_other_parameter_groups_is_a_clear_error(tmp_path, new_model):
+    cfg = TrainConfig(steps=20, log_every=5, checkpoint_every=10)
+    with pytest.raises(KeyboardInterrupt):
+        train(new_model(), Interrupting(15, p=P, frac_train=0.5), cfg, tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="grouped the parameters differently"):
+        train(new_model(), ModularArithmetic(p=P, frac_train=0.5), cfg, tmp_path, progress=False,
+              embedding_decay_scale=lambda step: 0.0)
+
+
 def _one_param(grads):
     layer = torch.nn.Linear(1, 1, bias=False)
     for g in grads:

@@ -162,6 +162,15 @@ def test_the_stop_rule_rechecks_after_the_margin(tmp_path):
     assert [scales[s] for s in (0, 90, 100, 150, 190, 200, 290, 300, 390)] == pytest.approx(
         [1, 1, 1, 0.5, 0.1, 1, 1, 1, 0.1])
 
+    # The embeddings' weight decay: full until test accuracy first reached 99% (step 100 here), then none
+    # (GrokkingConfig's embedding_decay_after = 0), whatever the accuracy does after.
+    assert stop.generalised_at == 100 and stop.embedding_decay_scale(50) == 0.0
+    fresh = _UntilDone(None, check, mt.GrokkingConfig(embedding_decay_after=0.5), tmp_path)
+    assert fresh.embedding_decay_scale(0) == 1.0
+    fresh({"step": 10, "test_acc": 0.995})
+    fresh({"step": 20, "test_acc": 0.5})
+    assert fresh.generalised_at == 10 and fresh.embedding_decay_scale(20) == 0.5
+
     # Without the cool-down the margin trains at the full rate; a margin that is not a multiple of the checkpoint
     # interval ends at the next checkpoint.
     plain = _UntilDone(None, lambda m: (True, {}), mt.GrokkingConfig(margin=50, cooldown=False), tmp_path)

@@ -13,14 +13,23 @@ import warnings
 from transformer_lens import ActivationCache, HookedTransformer, HookedTransformerConfig
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
-from transformer_lens.components import MLP, AbstractAttention, Attention, GatedMLP, TransformerBlock
+from transformer_lens.components import (
+    MLP,
+    AbstractAttention,
+    Attention,
+    Embed,
+    GatedMLP,
+    PosEmbed,
+    TransformerBlock,
+    Unembed,
+)
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.loading_from_pretrained import get_pretrained_model_config, get_pretrained_state_dict
 from transformer_lens.utilities import get_act_name
 
 __all__ = [
-    "MLP", "AbstractAttention", "ActivationCache", "Attention", "GatedMLP", "HookPoint", "HookedTransformer",
-    "HookedTransformerConfig",
+    "MLP", "AbstractAttention", "ActivationCache", "Attention", "Embed", "GatedMLP", "HookPoint", "HookedTransformer",
+    "HookedTransformerConfig", "PosEmbed", "Unembed",
     "TransformerBlock", "TransformerLensKeyValueCache", "TransformerLensKeyValueCacheEntry", "check_hook_name",
     "get_act_name", "get_pretrained_model_config", "get_pretrained_state_dict", "has_hooks", "quiet_construction",
 ]

@@ -53,6 +53,9 @@ class GrokkingConfig(UntilDoneConfig):
     frac_train: float = 0.3
     seed: int = 0
     """Fixes both the train/test split and the weight initialisation."""
+    embedding_decay_after: float | None = 0.0
+    """Part of the fast recipe here: no weight decay on the embeddings and unembedding once test accuracy first
+    reaches 99% (see :class:`~mi_toolkit.experiments.until_done.UntilDoneConfig`); None keeps it throughout."""
 
     def __post_init__(self):
         ModularArithmetic(p=self.p, op=self.op, frac_train=self.frac_train)  # validates p, op, frac_train

@@ -48,6 +48,13 @@ class UntilDoneConfig:
     parameters keep the recipe's AdamW). Weight decay is decoupled, ``lr * weight_decay`` a step, so at Muon's larger
     learning rate the same ``weight_decay`` pulls the matrices harder. None: the recipe's optimiser."""
 
+    embedding_decay_after: float | None = None
+    """Until done, with the fast recipe and AdamW: once test accuracy first reaches 99%, multiply the weight decay of
+    the embeddings, positional embeddings and unembedding by this (0: none from then on); the weight matrices keep
+    theirs, and with it the clean-up. Before that step the decay is what pulls a small training set away from
+    memorising; after it, it is what prunes a model's weakest key frequency. None: no change. The grokking
+    experiment sets 0 (README, "Universality grid")."""
+
     FAST_CHANGES: ClassVar[dict] = {}
     """Changes to the fast recipe for this experiment (``TrainConfig`` fields: a fixed weight decay instead of the
     size-scaled one, miiii's optimiser, schedule and cap); the config's own overrides (``steps``, ``max_steps``,
@@ -67,6 +74,8 @@ class UntilDoneConfig:
         if self.log_every < 1 or self.checkpoint_every % self.log_every:
             raise ValueError(f"checkpoint_every ({self.checkpoint_every}) must be a multiple of log_every "
                              f"({self.log_every}): the checks run on logged checkpoint steps")
+        if self.embedding_decay_after is not None and not self.embedding_decay_after >= 0:
+            raise ValueError(f"embedding_decay_after must be >= 0 or None, got {self.embedding_decay_after}")
         if self.steps is not None and self.max_steps is not None:
             raise ValueError("give steps (an exact budget) or max_steps (a cap when training until done), not both")
         self.train_config()  # validates the training settings
@@ -136,8 +145,10 @@ class _UntilDone:
         # A resumed run keeps the records up to its last checkpoint (the trainer drops the later ones).
         resume = run_dir / "checkpoints" / "resume.json"
         kept = load_json(resume)["step"] if resume.exists() else -1
-        self.done_at = None
+        self.done_at = self.generalised_at = None
         for r in read_jsonl(run_dir / "metrics.jsonl"):
+            if r["step"] <= kept and self.generalised_at is None and r.get("test_acc", 0) >= GROKKED_TEST_ACC:
+                self.generalised_at = r["step"]
             if "done" in r and r["step"] <= kept:
                 self.done_at = r["step"] if r["done"] else None
         self.finished = False  # whether the checks passed again after the margin (the run stopped on them)
@@ -151,6 +162,11 @@ class _UntilDone:
         every = self.config.checkpoint_every
         return self.done_at + -(-self.config.margin // every) * every
 
+    def embedding_decay_scale(self, step: int) -> float:
+        """The embeddings' weight decay factor at ``step``: 1 until test accuracy first reached 99%, then
+        ``config.embedding_decay_after``."""
+        return 1.0 if self.generalised_at is None else self.config.embedding_decay_after
+
     def lr_scale(self, step: int) -> float:
         """The learning rate's factor at ``step``: 1, falling linearly to 0 at :attr:`stop_at` in the margin."""
         if not self.config.cooldown or self.done_at is None or self.stop_at == self.done_at:
@@ -159,6 +175,8 @@ class _UntilDone:
 
     def __call__(self, record: dict) -> bool:
         step = record["step"]
+        if self.generalised_at is None and record.get("test_acc", 0) >= GROKKED_TEST_ACC:
+            self.generalised_at = step
         at_checkpoint = step % self.config.checkpoint_every == 0 or step == self.cap  # the trainer saves both
         if not at_checkpoint or record.get("test_acc", 0) < GROKKED_TEST_ACC:
             if self.done_at is not None and at_checkpoint and step >= self.stop_at:
@@ -195,8 +213,12 @@ def run_until_done(out: Path, config: UntilDoneConfig, record: dict, task, model
     save_json(out / "split.json", task.split_dict())
     started = time.perf_counter()
     stop = _UntilDone(model, check, config, out) if config.until_done else None
-    result = train(model, task, config.train_config(), out, progress=progress, measures=measures,
-                   measures_every=config.checkpoint_every, stop=stop, lr_scale=None if stop is None else stop.lr_scale)
+    train_config = config.train_config()
+    embeddings = (stop is not None and config.embedding_decay_after is not None and config.recipe == "fast"
+                  and train_config.optimizer != "muon")
+    result = train(model, task, train_config, out, progress=progress, measures=measures,
+                   measures_every=config.checkpoint_every, stop=stop, lr_scale=None if stop is None else stop.lr_scale,
+                   embedding_decay_scale=stop.embedding_decay_scale if embeddings else None)
     train_seconds = time.perf_counter() - started
     save_tensors(out / "model.safetensors", model.state_dict())
     started = time.perf_counter()

@@ -82,7 +82,12 @@ class TrainState:
                 optim_state["state"].setdefault(int(index), {})[name] = value
         for group in optim_state["param_groups"]:
             group["betas"] = tuple(group["betas"])
-        self.optimizer.load_state_dict(optim_state)
+        try:
+            self.optimizer.load_state_dict(optim_state)
+        except ValueError as err:  # e.g. another split of the parameters into groups
+            raise CheckpointError(f"the optimiser state in {self.run_dir} does not fit this run's optimiser ({err}): "
+                                  "it was written by a run that grouped the parameters differently; train into a "
+                                  "new directory") from err
         self.scheduler.load_state_dict(meta["scheduler"])
         if self.grad_filter is not None:
             self.grad_filter.load_state_tensors(

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from mi_toolkit.core.tl import Embed, PosEmbed, Unembed
 from mi_toolkit.training.checkpoints import TrainState, list_checkpoints
 from mi_toolkit.training.grokfast import make_filter
 from mi_toolkit.training.muon import Muon, muon_param_groups
@@ -167,6 +168,7 @@ def train(
     measures_every: int | None = None,
     stop: Callable[[dict], bool] | None = None,
     lr_scale: Callable[[int], float] | None = None,
+    embedding_decay_scale: Callable[[int], float] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``task`` in place; resume from ``run_dir`` if it holds a checkpoint.
 
@@ -185,6 +187,10 @@ def train(
             whose last record already says stop trains no further.
         lr_scale: ``lr_scale(step) -> float`` multiplies the schedule's learning rate at each step; it is asked
             afresh at every step, so it may follow what ``stop`` has seen (a cool-down once a run is done).
+        embedding_decay_scale: ``embedding_decay_scale(step) -> float`` multiplies the weight decay of the
+            embeddings, positional embeddings and unembedding (TransformerLens's ``Embed``, ``PosEmbed`` and
+            ``Unembed``), which then form the optimiser's second parameter group; asked afresh at every step like
+            ``lr_scale``. AdamW and Adam only.
 
     Returns:
         The metrics history and where the run started and ended.
@@ -194,7 +200,8 @@ def train(
         CheckpointError: ``run_dir`` holds a checkpoint of a different configuration or a corrupt one.
     """
     with _deterministic_algorithms():
-        return _train(model, task, config, run_dir, progress, measures, measures_every, stop, lr_scale)
+        return _train(model, task, config, run_dir, progress, measures, measures_every, stop, lr_scale,
+                      embedding_decay_scale)
 
 
 @contextlib.contextmanager
@@ -211,19 +218,31 @@ def _deterministic_algorithms():
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
+def _embedding_parameters(model: nn.Module) -> list[Tensor]:
+    """The trainable parameters of ``model``'s embedding, positional-embedding and unembedding modules."""
+    return [param for module in model.modules() if isinstance(module, (Embed, PosEmbed, Unembed))
+            for param in module.parameters(recurse=False) if param.requires_grad]
+
+
 def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Path | None, progress: bool,
-           measures, measures_every, stop, lr_scale) -> TrainResult:
+           measures, measures_every, stop, lr_scale, embedding_decay_scale) -> TrainResult:
     started = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
     device_type = params[0].device.type if params else "cpu"
     if config.autocast is not None and device_type not in ("cpu", "cuda"):
         raise ValueError(f"autocast={config.autocast!r} is supported on cpu and cuda, not {device_type}")
+    embeddings = _embedding_parameters(model) if embedding_decay_scale is not None else []
+    if embedding_decay_scale is not None and (config.optimizer == "muon" or not embeddings):
+        raise ValueError("embedding_decay_scale needs the AdamW or Adam optimiser and a model with TransformerLens "
+                         f"embedding modules (optimizer={config.optimizer!r}, {len(embeddings)} such parameters)")
     if config.optimizer == "muon":
         optimizer = Muon(muon_param_groups(model, lr=config.lr, muon_lr=config.muon_lr,
                                            weight_decay=config.weight_decay, betas=config.betas))
     else:
         optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        optimizer = optimizer_class(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+        groups = params if not embeddings else [  # embeddings second: param_groups[0]'s learning rate is logged
+            {"params": [p for p in params if all(p is not e for e in embeddings)]}, {"params": embeddings}]
+        optimizer = optimizer_class(groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: config.lr_factor(s) * (1.0 if lr_scale is None else lr_scale(s)))
     after_backward, after_step = getattr(task, "after_backward", None), getattr(task, "after_step", None)
@@ -287,6 +306,8 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
                 grad_filter(model)
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, config.grad_clip)
+            if embeddings:
+                optimizer.param_groups[1]["weight_decay"] = config.weight_decay * embedding_decay_scale(step)
             optimizer.step()
             scheduler.step()
             if after_step is not None:
