@@ -147,9 +147,11 @@ class _UntilDone:
         kept = load_json(resume)["step"] if resume.exists() else -1
         self.done_at = self.generalised_at = None
         for r in read_jsonl(run_dir / "metrics.jsonl"):
-            if r["step"] <= kept and self.generalised_at is None and r.get("test_acc", 0) >= GROKKED_TEST_ACC:
+            if r["step"] > kept:
+                continue
+            if self.generalised_at is None and r.get("test_acc", 0) >= GROKKED_TEST_ACC:
                 self.generalised_at = r["step"]
-            if "done" in r and r["step"] <= kept:
+            if "done" in r:
                 self.done_at = r["step"] if r["done"] else None
         self.finished = False  # whether the checks passed again after the margin (the run stopped on them)
         self.cap = config.train_config().steps

@@ -4,10 +4,11 @@
 ``||x - x_hat||^2 + l1 * ||f||_1``), TopK (keep the k largest pre-activations, trained on the squared error
 alone) or JumpReLU (``pre * (pre > threshold)`` with a learnt per-feature threshold, trained on the squared error
 plus ``l0 * ||f||_0``; Rajamanoharan et al. 2024) or BatchTopK (the ``k x batch`` largest pre-activations of a
-training batch, then a JumpReLU with one threshold at inference; Bussmann et al. 2024). Decoder rows are kept at unit norm so the L1 penalty cannot be
-dodged by shrinking ``f``; features that stop firing are resampled towards badly reconstructed inputs (Bricken et
-al. 2023). Training is :func:`mi_toolkit.training.train_sae`. An SAE saves as safetensors + JSON, or in SAELens's or
-Gemma Scope's format (:meth:`SAE.save`); :func:`load_sae` reads all three (:mod:`mi_toolkit.models.sae_formats`).
+training batch, then a JumpReLU with one threshold at inference; Bussmann et al. 2024). Decoder rows are kept at
+unit norm so the L1 penalty cannot be dodged by shrinking ``f``; features that stop firing are resampled towards
+badly reconstructed inputs (Bricken et al. 2023). Training is :func:`mi_toolkit.training.train_sae`. An SAE saves
+as safetensors + JSON, or in SAELens's or Gemma Scope's format (:meth:`SAE.save`); :func:`load_sae` reads all three
+(:mod:`mi_toolkit.models.sae_formats`).
 
 >>> sae = SAE(SAEConfig(d_in=8, d_sae=16, activation="topk", k=4))
 >>> x = torch.randn(3, 8)

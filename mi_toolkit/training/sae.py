@@ -194,11 +194,9 @@ class SAETraining:
             if config.activation == "batchtopk" and self.smallest_kept is not None:
                 # The inference threshold: a running mean of the smallest kept activation (the mean of the batches
                 # so far for the first 100 steps, then an exponential average over about the last 100).
-                self.threshold_steps += 1
+                self.threshold_steps += 1  # the first step's rate is 1: the threshold becomes that batch's
                 rate = max(1 / self.threshold_steps, 0.01)
-                threshold = sae.threshold.lerp(self.smallest_kept, rate) if self.threshold_steps > 1 else (
-                    self.smallest_kept.expand_as(sae.log_threshold))
-                sae.log_threshold.copy_(threshold.log())
+                sae.log_threshold.copy_(sae.threshold.lerp(self.smallest_kept, rate).log())
             self.since_fired = (self.since_fired + 1).masked_fill(self.active.any(0), 0)
         if (config.resample_every and (step + 1) % config.resample_every == 0
                 and step + 1 + config.resample_every <= config.steps):

@@ -240,8 +240,9 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
                                            weight_decay=config.weight_decay, betas=config.betas))
     else:
         optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        embedding_ids = {id(p) for p in embeddings}
         groups = params if not embeddings else [  # embeddings second: param_groups[0]'s learning rate is logged
-            {"params": [p for p in params if all(p is not e for e in embeddings)]}, {"params": embeddings}]
+            {"params": [p for p in params if id(p) not in embedding_ids]}, {"params": embeddings}]
         optimizer = optimizer_class(groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: config.lr_factor(s) * (1.0 if lr_scale is None else lr_scale(s)))
