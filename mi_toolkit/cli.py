@@ -231,7 +231,8 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=None,
                         help="override the recipe's weight decay (default: the recipe's; see README)")
     parser.add_argument("--muon-lr", type=float, default=None,
-                        help="train the weight matrices with Muon at this learning rate (default: the recipe's AdamW)")
+                        help="train the weight matrices with Muon at this learning rate (default: the recipe's "
+                        "optimiser)")
     parser.add_argument("--embedding-decay-after", type=_decay_factor, default=None, metavar="FACTOR|keep",
                         help="once test accuracy first reaches 99%%, multiply the embeddings' and unembedding's weight "
                              "decay by this ('keep': no change; default: the experiment's, 0 for grokking)")
@@ -243,18 +244,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mi-toolkit", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     runs = (("grokking", "train the modular-addition transformer until it groks; analyse; report", _grokking,
-             [("--p", int, 113, "modulus, odd (default 113)")], 0.3),
+             [("--p", int, 113, "modulus, odd (default 113)")], (0.3, "0.3")),
             ("groups", "train a transformer to compose elements of a finite group; find its irreps", _groups,
-             [("--group", str, "S5", "S5, A4, D7, C113, products such as C5xC5 (default S5)")], 0.6),
+             [("--group", str, "S5", "S5, A4, D7, C113, products such as C5xC5 (default S5)")],
+             (None, "0.6; 0.9 for groups of order below 50")),
             ("miiii", "one model, every task (x0 + p x1) mod q for the primes q < p (Syrkis)", _miiii,
-             [("--p", int, 37, "the base; the tasks are the primes below it (default 37)")], 0.8))
-    for name, help_text, func, own, frac in runs:
+             [("--p", int, 37, "the base; the tasks are the primes below it (default 37)")], (0.8, "0.8")))
+    for name, help_text, func, own, (frac, frac_text) in runs:
         r = sub.add_parser(name, help=help_text)
         r.add_argument("--out", required=True, help="run directory (new, empty, or an interrupted run to resume)")
         for flag, kind, default, flag_help in own:
             r.add_argument(flag, type=kind, default=default, help=flag_help)
         r.add_argument("--seed", type=int, default=0, help="fixes the split and the initialisation (default 0)")
-        r.add_argument("--frac-train", type=float, default=frac, help=f"training fraction of the pairs (default {frac})")
+        r.add_argument("--frac-train", type=float, default=frac,
+                       help=f"training fraction of the pairs (default {frac_text})")
         _training_arguments(r)
         r.add_argument("--no-report", action="store_true", help="skip report.html")
         r.set_defaults(func=func)

@@ -195,9 +195,11 @@ def test_coset_shares_find_planted_subgroups():
 def test_a_groups_run_directory_and_bad_input(tmp_path, capsys):
     from mi_toolkit.cli import main as cli
 
-    run = mt.run_groups(tmp_path / "run", mt.GroupsConfig(group="D5", frac_train=0.5, steps=30, checkpoint_every=10),
-                        progress=False)
+    run = mt.run_groups(tmp_path / "run", mt.GroupsConfig(group="D5", steps=30, checkpoint_every=10), progress=False)
     a = run.analysis
+    # A small group's defaults: 90% of its 100 pairs, Muon for the weight matrices.
+    assert len(run.task.train_indices) == 90 and run.config["task"]["frac_train"] == 0.9
+    assert run.config["train"]["optimizer"] == "muon" and run.config["groups_config"]["frac_train"] is None
     assert [r["name"] for r in a["irreps"]] == [r.name for r in G.dihedral(5).irreps()]
     assert sum(r["dim"] ** 2 for r in a["irreps"]) == 10  # D5's irreps are all of real type
     assert set(a["checks"]) == set(mt.experiments.groups.GROUP_CHECKS) and a["stop_reason"] == "step budget"
@@ -213,10 +215,19 @@ def test_review_edge_cases():
     # Only a table that is the cyclic one gets frequency names; a Klein group named "C2xC2" does not.
     klein = G.from_table(G.by_name("C2xC2").table, name="C2xC2")
     assert not any(r.name.startswith("k=") for r in klein.irreps())
-    # The groups' fixed weight decay applies to the fast recipe only; the paper recipe keeps its own.
-    assert mt.GroupsConfig(group="S4").train_config().weight_decay == 2.0
-    assert mt.GroupsConfig(group="S4", recipe="paper").train_config().weight_decay == 1.0
+    # The groups' changes apply to the fast recipe only (the paper recipe keeps its own), by the group's size: AdamW
+    # with weight decay 2 on 60% of the pairs from order 50 up, Muon with weight decay 0.2 on 90% below it.
+    large, small = mt.GroupsConfig(group="A5"), mt.GroupsConfig(group="D24")  # orders 60 and 48
+    large_recipe = large.train_config()
+    assert (large_recipe.optimizer, large_recipe.weight_decay, large.split_fraction) == ("adamw", 2, 0.6)
+    assert (small.train_config().optimizer, small.train_config().muon_lr, small.train_config().weight_decay,
+            small.split_fraction) == ("muon", 0.08, 0.2, 0.9)
+    assert mt.GroupsConfig(group="S4", frac_train=0.6).split_fraction == 0.6
+    assert mt.GroupsConfig(group="S4", frac_train=0.6).n_train == int(0.6 * 24 ** 2)
+    paper = mt.GroupsConfig(group="S4", recipe="paper").train_config()
+    assert (paper.optimizer, paper.weight_decay) == ("adamw", 1.0)
     assert mt.GroupsConfig(group="S4", weight_decay=0.5).train_config().weight_decay == 0.5
+    assert mt.GroupsConfig(group="S5", muon_lr=0.02).train_config().optimizer == "muon"
     # A split must leave pairs on both sides.
     with pytest.raises(ValueError, match="at least one pair"):
         mt.GroupComposition(G.cyclic(2), frac_train=0.2)

@@ -80,6 +80,10 @@ class UntilDoneConfig:
             raise ValueError("give steps (an exact budget) or max_steps (a cap when training until done), not both")
         self.train_config()  # validates the training settings
 
+    def fast_changes(self) -> dict:
+        """This run's changes to the fast recipe: :attr:`FAST_CHANGES` (an experiment may choose by its task)."""
+        return self.FAST_CHANGES
+
     @property
     def until_done(self) -> bool:
         """Whether the run stops once its checks pass (no exact ``steps`` budget)."""
@@ -96,7 +100,7 @@ class UntilDoneConfig:
             changes.update(optimizer="muon", muon_lr=self.muon_lr)
         if self.weight_decay is not None:
             changes["weight_decay"] = self.weight_decay
-        own = self.FAST_CHANGES if self.recipe == "fast" else {}
+        own = self.fast_changes() if self.recipe == "fast" else {}
         return grokking_recipe(self.recipe, self.n_train).replace(**{**own, **changes})  # validated once, whole
 
     @property
