@@ -228,6 +228,12 @@ def test_review_edge_cases():
     assert (paper.optimizer, paper.weight_decay) == ("adamw", 1.0)
     assert mt.GroupsConfig(group="S4", weight_decay=0.5).train_config().weight_decay == 0.5
     assert mt.GroupsConfig(group="S5", muon_lr=0.02).train_config().optimizer == "muon"
+    # On C_p the key irreps are the key frequencies, so the groups check allows as many as the grokking check.
+    from mi_toolkit.experiments.grokking import CHECKS, MAX_KEY_FREQUENCIES
+
+    key_irreps, key_frequencies = mt.experiments.groups.GROUP_CHECKS["key irreps"][1], CHECKS["key frequencies"][1]
+    assert key_irreps(MAX_KEY_FREQUENCIES) and key_frequencies(MAX_KEY_FREQUENCIES)
+    assert not key_irreps(MAX_KEY_FREQUENCIES + 1) and not key_frequencies(MAX_KEY_FREQUENCIES + 1)
     # A split must leave pairs on both sides.
     with pytest.raises(ValueError, match="at least one pair"):
         mt.GroupComposition(G.cyclic(2), frac_train=0.2)

@@ -37,7 +37,7 @@ from mi_toolkit.models.presets import grokking_model_config
 from mi_toolkit.report import write_grokking_report
 from mi_toolkit.tasks.modular import ModularArithmetic
 
-__all__ = ["CHECKS", "GrokkingConfig", "algorithm_checks", "analyse", "run_grokking"]
+__all__ = ["CHECKS", "MAX_KEY_FREQUENCIES", "GrokkingConfig", "algorithm_checks", "analyse", "run_grokking"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +69,13 @@ class GrokkingConfig(UntilDoneConfig):
         return int(self.frac_train * self.p * self.p)
 
 
+MAX_KEY_FREQUENCIES = 7
+"""The most key frequencies a checked model may have (Nanda et al.'s main model keys 5; 3-6 across their seeds)."""
+
 CHECKS = {
     # name: (analysis key, test, threshold text, the paper's figure)
-    "key frequencies": ("n_key_frequencies", lambda v: 3 <= v <= 7, "3 to 7", "5 in the main model; 3-6 across seeds"),
+    "key frequencies": ("n_key_frequencies", lambda v: 3 <= v <= MAX_KEY_FREQUENCIES, f"3 to {MAX_KEY_FREQUENCIES}",
+                        "5 in the main model; 3-6 across seeds"),
     "single-frequency neurons": ("fraction_neurons_single_frequency", lambda v: v >= 0.65, ">= 0.65",
                                  "~0.85 of neurons with > 85% of their variance in one frequency"),
     "logit variance explained": ("logit_fraction_explained", lambda v: v >= 0.8, ">= 0.80",
