@@ -1,7 +1,7 @@
 """Finite groups: how long the irreps take (Young's orthogonal form vs splitting the regular representation, side by
 side on the same groups) and how exact they are; optionally the time to grok a group from the command.
 
-    python benchmarks/groups.py [--train S5] [--frac-train 0.4] [--seeds 0] [--max-steps 5000]
+    python benchmarks/groups.py [--train S5] [--frac-train F] [--seeds 0] [--max-steps 5000]
 """
 
 import argparse
@@ -34,7 +34,7 @@ def _timed(fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", default=None, help="a group to train, e.g. S5 (default: none)")
-    parser.add_argument("--frac-train", type=float, default=0.4)
+    parser.add_argument("--frac-train", type=float, default=None, help="default: the command's for the group's size")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--max-steps", type=int, default=None)
     args = parser.parse_args()

@@ -29,7 +29,7 @@ __all__ = ["main"]
 def _training_fields(args: argparse.Namespace) -> dict:
     """The training settings every grokking-style subcommand takes (``_training_arguments``)."""
     fields = dict(recipe=args.recipe, steps=args.steps, max_steps=args.max_steps, grad_filter=args.filter,
-                  weight_decay=args.weight_decay, muon_lr=args.muon_lr, device=args.device)
+                  weight_decay=args.weight_decay, optimizer=args.optimizer, muon_lr=args.muon_lr, device=args.device)
     if args.embedding_decay_after is not None:  # else the experiment's own default
         fields["embedding_decay_after"] = None if args.embedding_decay_after == "keep" else args.embedding_decay_after
     return fields
@@ -85,9 +85,11 @@ def _run(command: str, make_config, runner, args: argparse.Namespace, found) -> 
     except ValueError as err:
         print(f"mi-toolkit {command}: {err}", file=sys.stderr)
         return 2
+    from mi_toolkit.core.io import CheckpointError
+
     try:
         run = runner(args.out, config, progress=not args.quiet, report=not args.no_report)
-    except FileExistsError as err:
+    except (FileExistsError, CheckpointError) as err:  # an --out that holds another run: nothing was overwritten
         print(f"mi-toolkit {command}: {err}", file=sys.stderr)
         return 2
     a = run.analysis
@@ -230,12 +232,14 @@ def _training_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override the recipe's Grokfast gradient filter")
     parser.add_argument("--weight-decay", type=float, default=None,
                         help="override the recipe's weight decay (default: the recipe's; see README)")
+    parser.add_argument("--optimizer", choices=["adamw", "muon"], default=None,
+                        help="override the recipe's optimiser (default: the recipe's; for groups below order 50, Muon)")
     parser.add_argument("--muon-lr", type=float, default=None,
                         help="train the weight matrices with Muon at this learning rate (default: the recipe's "
                         "optimiser)")
     parser.add_argument("--embedding-decay-after", type=_decay_factor, default=None, metavar="FACTOR|keep",
                         help="once test accuracy first reaches 99%%, multiply the embeddings' and unembedding's weight "
-                             "decay by this ('keep': no change; default: the experiment's, 0 for grokking)")
+                             "decay by this (AdamW only; 'keep': no change; default: the experiment's, 0 for grokking)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -211,6 +211,19 @@ def test_a_groups_run_directory_and_bad_input(tmp_path, capsys):
     assert "symmetric group size" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
+def test_resuming_under_other_training_settings_is_refused_before_anything_is_overwritten(tmp_path, capsys):
+    # A run trained with other settings than the command's now (here: its weight decay, as for a small group trained
+    # before the defaults changed) is refused with exit status 2, and its config.json is left as it was.
+    from mi_toolkit.cli import main as cli
+
+    mt.run_groups(tmp_path / "run", mt.GroupsConfig(group="D5", weight_decay=0.5, steps=20, checkpoint_every=10),
+                  progress=False, report=False)
+    before = (tmp_path / "run" / "config.json").read_text()
+    assert cli(["groups", "--group", "D5", "--steps", "20", "--quiet", "--out", str(tmp_path / "run")]) == 2
+    assert "trained with another configuration" in capsys.readouterr().err
+    assert (tmp_path / "run" / "config.json").read_text() == before
+
+
 def test_review_edge_cases():
     # Only a table that is the cyclic one gets frequency names; a Klein group named "C2xC2" does not.
     klein = G.from_table(G.by_name("C2xC2").table, name="C2xC2")
@@ -228,6 +241,12 @@ def test_review_edge_cases():
     assert (paper.optimizer, paper.weight_decay) == ("adamw", 1.0)
     assert mt.GroupsConfig(group="S4", weight_decay=0.5).train_config().weight_decay == 0.5
     assert mt.GroupsConfig(group="S5", muon_lr=0.02).train_config().optimizer == "muon"
+    assert mt.GroupsConfig(group="S4", optimizer="adamw").train_config().optimizer == "adamw"
+    for bad in (dict(optimizer="sgd"), dict(optimizer="adamw", muon_lr=0.1)):
+        with pytest.raises(ValueError, match="optimizer must be"):
+            mt.GroupsConfig(group="S4", **bad)
+    # The threshold: order 49 is small, order 50 is not.
+    assert mt.GroupsConfig(group="C7xC7").small_group and not mt.GroupsConfig(group="D25").small_group
     # On C_p the key irreps are the key frequencies, so the groups check allows as many as the grokking check.
     from mi_toolkit.experiments.grokking import CHECKS, MAX_KEY_FREQUENCIES
 

@@ -60,9 +60,10 @@ class GroupsConfig(UntilDoneConfig):
     seed: int = 0
     """Fixes both the train/test split and the weight initialisation."""
     FAST_CHANGES: ClassVar[dict] = {"weight_decay": 2.0}
-    """With the fast recipe, weight decay 2, not its size-scaled decay, which is measured on modular addition and is
-    too strong for small groups (S4 with 90% of its pairs: no generalisation in 3000 steps at its 5.9; grokked at
-    2450 with 2). ``weight_decay=`` overrides it; ``recipe="paper"`` keeps the paper's."""
+    """From order :data:`SMALL_GROUP_ORDER` up, with the fast recipe: weight decay 2, not its size-scaled decay, which
+    is measured on modular addition and was too strong for the groups (S4 with 90% of its pairs and AdamW: no
+    generalisation in 3000 steps at its 5.9; grokked at 2450 with 2). ``weight_decay=`` overrides it;
+    ``recipe="paper"`` keeps the paper's."""
     SMALL_GROUP_CHANGES: ClassVar[dict] = {"optimizer": "muon", "muon_lr": 0.08, "weight_decay": 0.2}
     """The fast recipe's changes for groups of order below :data:`SMALL_GROUP_ORDER`: Muon for the weight matrices
     at 0.08 and weight decay 0.2 (miiii's optimiser, at a constant learning rate). With 90% of the pairs, A4, S4, D7
@@ -87,6 +88,8 @@ class GroupsConfig(UntilDoneConfig):
         return 0.9 if self.small_group else 0.6
 
     def fast_changes(self) -> dict:
+        """:attr:`SMALL_GROUP_CHANGES` below order :data:`SMALL_GROUP_ORDER`, else :attr:`FAST_CHANGES` (whatever
+        :attr:`frac_train` is: an explicit fraction does not change the optimiser)."""
         return self.SMALL_GROUP_CHANGES if self.small_group else self.FAST_CHANGES
 
     @property
@@ -97,8 +100,9 @@ class GroupsConfig(UntilDoneConfig):
 MAX_KEY_IRREPS = MAX_KEY_FREQUENCIES
 """The most key irreps a checked model may have: the grokking check's bound on key frequencies (7), so that on C_p,
 where the key irreps are the key frequencies, both checks agree (Nanda et al.'s main model keys 5). Small groups may key
-every non-trivial irrep they have (A4: 2, D7: 4, D9 in 2 of 5 seeds: 5, D8 and D12: 6); the restricted loss then
-says little (README)."""
+every non-trivial irrep they have (A4: 2, D7: 4, D9 in 2 of 5 seeds: 5), or 6 (D8 of its 6, D12 of its 8), and the
+restricted loss then says little (README). A group with more than 7 non-trivial irreps (C4xC4: 9) whose model keyed
+them all would still fail this check."""
 
 GROUP_CHECKS = {
     # name: (analysis key, test, threshold text, the paper's figure)

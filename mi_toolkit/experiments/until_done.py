@@ -11,6 +11,7 @@ from typing import ClassVar
 from mi_toolkit.analysis.progress import CLEAN_RESTRICTED_LOSS, GROKKED_TEST_ACC, estimate_phases
 from mi_toolkit.core.io import Run, load_json, read_jsonl, save_json, save_tensors, write_jsonl
 from mi_toolkit.experiments.runs import check_out_dir
+from mi_toolkit.training.checkpoints import check_resumable
 from mi_toolkit.training.recipes import GROKKING_RECIPES, grokking_recipe
 from mi_toolkit.training.trainer import TrainConfig, train
 
@@ -42,7 +43,10 @@ class UntilDoneConfig:
     """Override the recipe's Grokfast filter: ``"none"``, ``"ema"`` or ``"ma"``."""
     weight_decay: float | None = None
     """Override the recipe's weight decay. None: the recipe's (the fast recipe's scales with the training set, see
-    :func:`~mi_toolkit.training.recipes.grokking_recipe`; experiments may fix their own in ``FAST_CHANGES``)."""
+    :func:`~mi_toolkit.training.recipes.grokking_recipe`; experiments may fix their own in :meth:`fast_changes`)."""
+    optimizer: str | None = None
+    """Override the recipe's optimiser: ``"adamw"`` or ``"muon"`` (the weight matrices; the rest AdamW). None: the
+    recipe's, with the experiment's changes (the groups below order 50: Muon). ``muon_lr`` implies ``"muon"``."""
     muon_lr: float | None = None
     """Train the weight matrices with Muon at this learning rate (:mod:`~mi_toolkit.training.muon`; the other
     parameters keep the recipe's AdamW). Weight decay is decoupled, ``lr * weight_decay`` a step, so at Muon's larger
@@ -78,6 +82,8 @@ class UntilDoneConfig:
             raise ValueError(f"embedding_decay_after must be >= 0 or None, got {self.embedding_decay_after}")
         if self.steps is not None and self.max_steps is not None:
             raise ValueError("give steps (an exact budget) or max_steps (a cap when training until done), not both")
+        if self.optimizer not in (None, "adamw", "muon") or (self.optimizer == "adamw" and self.muon_lr is not None):
+            raise ValueError(f"optimizer must be None, 'adamw' or 'muon' (muon_lr needs Muon), got {self.optimizer!r}")
         self.train_config()  # validates the training settings
 
     def fast_changes(self) -> dict:
@@ -96,6 +102,8 @@ class UntilDoneConfig:
             changes["steps"] = self.steps if self.steps is not None else self.max_steps
         if self.grad_filter is not None:
             changes["grad_filter"] = self.grad_filter
+        if self.optimizer is not None:
+            changes["optimizer"] = self.optimizer
         if self.muon_lr is not None:
             changes.update(optimizer="muon", muon_lr=self.muon_lr)
         if self.weight_decay is not None:
@@ -214,6 +222,7 @@ def run_until_done(out: Path, config: UntilDoneConfig, record: dict, task, model
         measures: extra metrics at every checkpoint, ``measures(model) -> dict``.
     """
     check_out_dir(out, record, ("task", "seed", "recipe", "model"))
+    check_resumable(out, config.train_config())  # before config.json is rewritten
     out.mkdir(parents=True, exist_ok=True)
     save_json(out / "config.json", record)
     save_json(out / "split.json", task.split_dict())

@@ -19,7 +19,7 @@ from mi_toolkit.core.io import (
     write_jsonl,
 )
 
-__all__ = ["TrainState", "list_checkpoints"]
+__all__ = ["TrainState", "check_resumable", "list_checkpoints"]
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
@@ -32,6 +32,25 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 _RESUMABLE = ("steps", "compile")
 """Settings a run may resume under changed."""
+
+
+def check_resumable(run_dir: str | Path, config) -> dict | None:
+    """Raise :class:`CheckpointError` unless the run in ``run_dir`` (if it has a resume point) was trained with
+    ``config`` (a ``TrainConfig``) up to the settings it may resume under changed (``steps``, ``compile``); return
+    the resume point's metadata, or None where there is none. Run before anything in ``run_dir`` is overwritten."""
+    json_path = Path(run_dir) / "checkpoints" / "resume.json"
+    if not json_path.exists():
+        return None
+    meta = load_json(json_path)
+    # steps may grow; compile changes only the float rounding, so a run may resume with or without it
+    wanted = {k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k not in _RESUMABLE}
+    # Fields added after a checkpoint was written take their defaults.
+    defaults = json.loads(json.dumps(type(config)().to_dict()))
+    saved = {k: v for k, v in {**defaults, **meta["train_config"]}.items() if k not in _RESUMABLE}
+    if saved != wanted:
+        diff = {k: (saved.get(k), wanted.get(k)) for k in wanted if saved.get(k) != wanted.get(k)}
+        raise CheckpointError(f"{run_dir} was trained with another configuration (saved, now): {diff}")
+    return meta
 
 
 class TrainState:
@@ -57,15 +76,7 @@ class TrainState:
                 (self.run_dir / "metrics.jsonl").write_text("")
             return 0
         tensor_path, json_path = self._resume_files
-        meta = load_json(json_path)
-        # steps may grow; compile changes only the float rounding, so a run may resume with or without it
-        wanted = {k: v for k, v in json.loads(json.dumps(self.config.to_dict())).items() if k not in _RESUMABLE}
-        # Fields added after a checkpoint was written take their defaults.
-        defaults = json.loads(json.dumps(type(self.config)().to_dict()))
-        saved = {k: v for k, v in {**defaults, **meta["train_config"]}.items() if k not in _RESUMABLE}
-        if saved != wanted:
-            diff = {k: (saved.get(k), wanted.get(k)) for k in wanted if saved.get(k) != wanted.get(k)}
-            raise CheckpointError(f"{self.run_dir} was trained with another configuration (saved, now): {diff}")
+        meta = check_resumable(self.run_dir, self.config)
         tensors, tensor_meta = load_tensors(tensor_path)
         step = meta["step"]
         if tensor_meta.get("step") != str(step):
