@@ -112,3 +112,14 @@ def test_estimate_phases_on_synthetic_history():
     phases = estimate_phases(history)
     assert (phases.memorisation_end, phases.cleanup_start, phases.cleanup_end) == (1000, 5000, 7000)
     assert estimate_phases(history[:3]).cleanup_start is None
+
+
+def test_the_loss_plot_names_only_the_phases_wide_enough_to_read():
+    # Memorisation over by step 50 of 3,200 (a small group's run): its band is drawn but not named, so its name does
+    # not print over circuit formation's.
+    history = [{"step": s, "train_loss": 1.0, "test_loss": 2.0} for s in range(0, 3201, 10)]
+    fig = mt.plot.loss_curves(history, {"memorisation_end": 50, "cleanup_start": 2720, "cleanup_end": 3100})
+    assert len(fig.layout.shapes) == 3
+    assert [a.text for a in fig.layout.annotations] == ["circuit formation", "cleanup"]
+    wide = mt.plot.loss_curves(history, {"memorisation_end": 800, "cleanup_start": 2720, "cleanup_end": 3100})
+    assert [a.text for a in wide.layout.annotations] == ["memorisation", "circuit formation", "cleanup"]

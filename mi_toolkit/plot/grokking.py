@@ -24,6 +24,11 @@ def _series(history, key):
     return [r["step"] for r in rows], [r[key] for r in rows]
 
 
+_LABELLED_WIDTH = 0.08
+"""A phase's band is named only when it spans at least this share of the steps: a narrower one (memorisation that
+ends at step 50 of 3,000) would print its name over the next one's."""
+
+
 def _shade_phases(fig, phases, last_step, labels: bool = True, **where):
     if phases is None:
         return
@@ -31,9 +36,10 @@ def _shade_phases(fig, phases, last_step, labels: bool = True, **where):
     for (name, colour), start, end in zip(_PHASE_COLOURS.items(), bounds, bounds[1:]):
         if start is None:
             break
-        label = dict(annotation_text=name, annotation_position="top left") if labels else {}
-        fig.add_vrect(x0=start, x1=end if end is not None else last_step, fillcolor=colour, line_width=0,
-                      **label, **where)
+        end = end if end is not None else last_step
+        wide = end - start >= _LABELLED_WIDTH * max(last_step, 1)
+        label = dict(annotation_text=name, annotation_position="top left") if labels and wide else {}
+        fig.add_vrect(x0=start, x1=end, fillcolor=colour, line_width=0, **label, **where)
 
 
 def loss_curves(history: list[dict], phases: dict | None = None) -> go.Figure:
