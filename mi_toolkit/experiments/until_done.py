@@ -222,13 +222,13 @@ def run_until_done(out: Path, config: UntilDoneConfig, record: dict, task, model
         measures: extra metrics at every checkpoint, ``measures(model) -> dict``.
     """
     check_out_dir(out, record, ("task", "seed", "recipe", "model"))
-    check_resumable(out, config.train_config())  # before config.json is rewritten
+    train_config = config.train_config()
+    check_resumable(out, train_config)  # before config.json is rewritten
     out.mkdir(parents=True, exist_ok=True)
     save_json(out / "config.json", record)
     save_json(out / "split.json", task.split_dict())
     started = time.perf_counter()
     stop = _UntilDone(model, check, config, out) if config.until_done else None
-    train_config = config.train_config()
     embeddings = (stop is not None and config.embedding_decay_after is not None and config.recipe == "fast"
                   and train_config.optimizer != "muon")
     result = train(model, task, train_config, out, progress=progress, measures=measures,
