@@ -197,8 +197,8 @@ def test_a_groups_run_directory_and_bad_input(tmp_path, capsys):
 
     run = mt.run_groups(tmp_path / "run", mt.GroupsConfig(group="D5", steps=30, checkpoint_every=10), progress=False)
     a = run.analysis
-    # A small group's defaults: 90% of its 100 pairs, Muon for the weight matrices.
-    assert len(run.task.train_indices) == 90 and run.config["task"]["frac_train"] == 0.9
+    # A tiny group's defaults (order <= 10): 95% of its 100 pairs, Muon for the weight matrices.
+    assert len(run.task.train_indices) == 95 and run.config["task"]["frac_train"] == 0.95
     assert run.config["train"]["optimizer"] == "muon" and run.config["groups_config"]["frac_train"] is None
     assert [r["name"] for r in a["irreps"]] == [r.name for r in G.dihedral(5).irreps()]
     assert sum(r["dim"] ** 2 for r in a["irreps"]) == 10  # D5's irreps are all of real type
@@ -245,8 +245,12 @@ def test_review_edge_cases():
     for bad in (dict(optimizer="sgd"), dict(optimizer="adamw", muon_lr=0.1)):
         with pytest.raises(ValueError, match="optimizer must be"):
             mt.GroupsConfig(group="S4", **bad)
-    # The threshold: order 49 is small, order 50 is not.
+    # The thresholds: order 49 is small, order 50 is not; up to order 10 (100 pairs) a small group trains on 95%.
     assert mt.GroupsConfig(group="C7xC7").small_group and not mt.GroupsConfig(group="D25").small_group
+    fractions = {name: mt.GroupsConfig(group=name).split_fraction for name in ("D3", "D5", "C10", "C11", "D6")}
+    assert fractions == {"D3": 0.95, "D5": 0.95, "C10": 0.95, "C11": 0.9, "D6": 0.9}
+    assert mt.GroupsConfig(group="D5").train_config().optimizer == "muon"
+    assert mt.GroupsConfig(group="D5", frac_train=0.9).split_fraction == 0.9
     # On C_p the key irreps are the key frequencies, so the groups check allows as many as the grokking check.
     from mi_toolkit.experiments.grokking import CHECKS, MAX_KEY_FREQUENCIES
 
