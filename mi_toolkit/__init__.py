@@ -87,6 +87,7 @@ from mi_toolkit.experiments import (
     MiiiiConfig,
     algorithm_checks,
     load_run,
+    load_packaged,
     run_grokking,
     run_groups,
     run_miiii,

@@ -9,5 +9,6 @@ from mi_toolkit.experiments.lm import LMConfig, run_lm
 from mi_toolkit.experiments.miiii import MiiiiConfig, run_miiii
 from mi_toolkit.experiments import othello
 from mi_toolkit.experiments.othello import OthelloConfig, run_othello
+from mi_toolkit.experiments.packaged import load_packaged
 from mi_toolkit.experiments.runs import load_run
 from mi_toolkit.experiments.sweeps import sweep

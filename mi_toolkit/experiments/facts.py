@@ -13,7 +13,7 @@ from mi_toolkit import plot
 from mi_toolkit.analysis.edits import edit_scores, summarise_scores
 from mi_toolkit.analysis.tracing import attention_knockout, causal_traces, noise_level
 from mi_toolkit.core.io import Run, save_json, save_tensors
-from mi_toolkit.experiments.runs import check_out_dir, load_model, register_loader
+from mi_toolkit.experiments.runs import PACKAGE_DATA, check_out_dir, load_model, load_run, register_loader
 from mi_toolkit.interventions.editing import EditConfig, rome, second_moments
 from mi_toolkit.models.factory import build_model, model_config_dict, model_config_from_dict
 from mi_toolkit.models.presets import FACT_PRESETS, make_fact_model, with_attn_types
@@ -24,7 +24,7 @@ from mi_toolkit.training.trainer import train
 
 __all__ = ["FactsConfig", "PACKAGED_RUN", "load_packaged_fact_model", "run_facts", "trace_facts"]
 
-PACKAGED_RUN = Path(__file__).resolve().parents[1] / "data" / "facts_small"
+PACKAGED_RUN = PACKAGE_DATA / "facts_small"
 """A run directory shipped in the package (tutorial 07): ``mi-toolkit facts --out DIR`` with its defaults (seed 0),
 without ``checkpoints/`` and ``report.html`` (3.3 MB of float32 weights)."""
 
@@ -185,9 +185,8 @@ def write_facts_report(path, kb: KnowledgeBase, history: list[dict], analysis: d
 
 
 def load_packaged_fact_model(device: str = "cpu") -> Run:
-    """The tiny fact model shipped in the package (:data:`PACKAGED_RUN`), as a :class:`~mi_toolkit.core.io.Run`."""
-    from mi_toolkit.experiments.runs import load_run
-
+    """The fact model shipped in the package (:data:`PACKAGED_RUN`: ``mi-toolkit facts`` with its defaults), as a
+    :class:`~mi_toolkit.core.io.Run`; ``mt.load_packaged("facts_small")``."""
     return load_run(PACKAGED_RUN, device=device)
 
 

@@ -22,7 +22,7 @@ from mi_toolkit.analysis.othello import (
 from mi_toolkit.analysis.probes import ProbeConfig
 from mi_toolkit.core.io import Run, load_json, save_json, save_tensors
 from mi_toolkit.core.tl import get_act_name
-from mi_toolkit.experiments.runs import check_out_dir, load_model, load_run, register_loader
+from mi_toolkit.experiments.runs import PACKAGE_DATA, check_out_dir, load_model, load_run, register_loader
 from mi_toolkit.interventions.probe_edits import FlipCases, FlipErrors, evaluate_flips, flip_cases, probe_flip
 from mi_toolkit.models.factory import build_model, model_config_dict, model_config_from_dict
 from mi_toolkit.models.presets import OTHELLO_PRESETS, othello_model_config
@@ -51,7 +51,7 @@ __all__ = ["BLACK", "EMPTY", "PACKAGED_RUN", "WHITE", "FlipCases", "FlipErrors",
            "probe_positions", "pretrained", "probe_flip", "random_games", "random_games_and_legal", "replay",
            "run_othello"]
 
-PACKAGED_RUN = Path(__file__).resolve().parents[1] / "data" / "othello_6x6"
+PACKAGED_RUN = PACKAGE_DATA / "othello_6x6"
 """The run directory of ``mi-toolkit othello --out DIR`` with its defaults (seed 0), shipped without
 ``checkpoints/``."""
 
@@ -206,7 +206,8 @@ def analyse_othello(model, task: OthelloTask, config: OthelloConfig) -> dict:
 
 def pretrained(device: str = "cpu") -> Run:
     """The 6x6 Othello-GPT shipped in the package (:data:`PACKAGED_RUN`: ``mi-toolkit othello`` with its defaults),
-    as a :class:`~mi_toolkit.core.io.Run` (``.model``, ``.task``, ``.analysis``)."""
+    as a :class:`~mi_toolkit.core.io.Run` (``.model``, ``.task``, ``.analysis``): ``mt.load_packaged("othello_6x6")``.
+    """
     return load_run(PACKAGED_RUN, device=device)
 
 

@@ -9,7 +9,10 @@ import torch
 
 from mi_toolkit.core.io import CheckpointError, Run, load_json, load_tensors, read_jsonl
 
-__all__ = ["check_out_dir", "load_model", "load_run", "register_loader"]
+__all__ = ["PACKAGE_DATA", "check_out_dir", "load_model", "load_run", "register_loader"]
+
+PACKAGE_DATA = Path(__file__).resolve().parents[1] / "data"
+"""The folder of the run directories shipped in the package (:mod:`mi_toolkit.experiments.packaged`)."""
 
 Loader = Callable[[Path, dict, str], Run]
 _LOADERS: dict[str, Loader] = {}
