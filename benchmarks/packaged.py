@@ -20,7 +20,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
 
-from mi_toolkit.core.io import load_tensors
+from mi_toolkit.core.io import load_json, load_tensors
 from mi_toolkit.experiments.packaged import PACKAGE_DATA, PACKAGED, build_packaged, ship
 
 
@@ -35,8 +35,7 @@ def compare(name: str, run_dir: str) -> dict:
     diffs = {k: (shipped[k].float() - rebuilt[k].float()).abs().nan_to_num(0.0).max().item()  # -inf masks
              for k in shipped if shipped[k].numel()}
     split = PACKAGE_DATA / name / "split.json"
-    same_split = not split.exists() or json.loads(split.read_text()) == json.loads(
-        Path(run_dir, "split.json").read_text())
+    same_split = not split.exists() or load_json(split) == load_json(Path(run_dir, "split.json"))
     return {"equal": all(torch.equal(shipped[k], rebuilt[k]) for k in shipped), "max_abs_diff": max(diffs.values()),
             "same_split": same_split}
 
