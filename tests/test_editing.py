@@ -1,12 +1,12 @@
 """Model editing: the closed forms against independent least-squares solves, reversible edits, ROME and MEMIT end to
-end on the tiny fact model, and the CounterFact scores recomputed by hand."""
+end on the shipped fact model, and the CounterFact scores recomputed by hand."""
 
 import pytest
 import torch
 
 import mi_toolkit as mt
 from mi_toolkit.analysis.edits import edit_scores, summarise_scores
-from mi_toolkit.interventions.editing import EditConfig, memit, rome, second_moments
+from mi_toolkit.interventions.editing import memit, rome, second_moments
 from mi_toolkit.interventions.rank_one import WeightEdit, memit_update, rank_one_update
 
 
@@ -98,14 +98,16 @@ def test_weight_edit_applies_and_undoes_exactly(make_tiny_transformer):
         WeightEdit(model, {"blocks.1.mlp.W_in": delta})
 
 
-# --- end to end on the tiny fact model ---
+# --- end to end on the shipped fact model ---
 
 
 @pytest.fixture(scope="module")
-def fact_setup(tiny_fact_run):
-    model, run = tiny_fact_run
-    layer = 0  # the tiny model's traced MLP layer (tests/test_facts.py traces it)
-    return model, run.task, layer, second_moments(model, run.task, [0, 1], n_batches=4)
+def fact_setup():
+    """The fact model shipped in the package (4 layers, d_model 128; trained here by `mi-toolkit facts`, seed 0),
+    its traced MLP layer (0: README, "Facts") and ``E[k k^T]`` of layers 0 and 1. A copy of its own: edits are
+    undone by ``with edit:`` and checked."""
+    run = mt.load_packaged("facts_small")
+    return run.model, run.task, 0, second_moments(run.model, run.task, [0, 1], n_batches=4)
 
 
 def test_edit_scores_match_a_hand_computation(fact_setup):
@@ -136,9 +138,10 @@ def test_rome_rewrites_facts_and_undoes(fact_setup):
     records = task.kb.edit_records(6, seed=4)
     tokens = task.train_batch(0)[0]
     clean = model(tokens)
-    scores = []
+    scores, nll = [], []
     for record in records:
         edit = rome(model, task.kb, record, layer, C[layer])
+        nll.append(edit.info["nll"])
         assert list(edit.deltas) == [f"blocks.{layer}.mlp.W_out"]
         # k* @ W_new = v*, the defining constraint, on the model's own weights.
         W_new = model.blocks[layer].mlp.W_out + edit.deltas[f"blocks.{layer}.mlp.W_out"]
@@ -147,20 +150,24 @@ def test_rome_rewrites_facts_and_undoes(fact_setup):
         with edit:
             scores.append(edit_scores(model, record))
     torch.testing.assert_close(model(tokens), clean, atol=0, rtol=0)  # every edit undone exactly
+    # An edit whose value optimisation reached its target (NLL < 0.5) must flip the prompt's answer. On this model
+    # every value converges (NLL 0.01-0.05 for these six; README: efficacy 100% over 100 facts at layer 0). On the
+    # tests' tiny fact model (2 layers of d_model 32) 0 to 5 of 6 converged, by seed, the delta being clamped at 4 |v|.
+    assert max(nll) < 0.5, nll
+    assert all(s.efficacy == 1.0 for s in scores), [s.efficacy for s in scores]
     summary = summarise_scores(scores)
-    assert summary["efficacy"] >= 0.8 and summary["neighbourhood"] >= 0.8, summary
+    assert summary["neighbourhood"] >= 0.8 and summary["paraphrase"] >= 0.5, summary
 
 
 def test_memit_applies_many_edits_in_one_update(fact_setup):
     model, task, _, C = fact_setup
     records = task.kb.edit_records(10, seed=5)
     before = summarise_scores([edit_scores(model, r) for r in records])
-    # The tiny model's targets need a weaker KL term than the default (chosen on the 4-layer model).
-    edit = memit(model, task.kb, records, [0, 1], C, EditConfig(mom2_weight=10.0, kl_weight=0.0625))
+    edit = memit(model, task.kb, records, [0, 1], C)
     assert sorted(edit.deltas) == ["blocks.0.mlp.W_out", "blocks.1.mlp.W_out"]
     with edit:
         after = summarise_scores([edit_scores(model, r) for r in records])
-    assert before["efficacy"] == 0 and after["efficacy"] >= 0.7, after
+    assert before["efficacy"] == 0 and after["efficacy"] >= 0.8, after  # 1.0 measured; README: 91% for 100 facts
 
 
 @pytest.mark.parametrize("change", ["layer", "relation", "subject", "repeat"])

@@ -187,6 +187,14 @@ def test_patching_and_ablation_find_the_circuit(trained):
 @pytest.mark.slow
 def test_attribution_patching_tracks_activation_patching_on_head_out(trained):
     model, clean, corrupted, metric = _circuit_setup(trained)
-    activation = patching.activation_patch(model, clean, corrupted, metric, "head_out")
-    attribution = patching.attribution_patch(model, clean, corrupted, metric, "head_out")
-    assert patching.compare_patching(activation, attribution).correlation >= 0.9
+    # Attribution patching is a first-order approximation: close for single heads' outputs, loose for the whole
+    # residual stream, where one patch moves everything downstream. Over six training seeds (this CPU and one
+    # thread alike) the correlations were 0.85-0.94 per head and position, 0.87-0.97 per head, 0.60-0.67 for resid_pre;
+    # the exact model depends on the CPU's float rounding, so the thresholds leave room.
+    correlation = {}
+    for kind in ("head_out", "head_out_all_pos", "resid_pre"):
+        activation = patching.activation_patch(model, clean, corrupted, metric, kind)
+        attribution = patching.attribution_patch(model, clean, corrupted, metric, kind)
+        correlation[kind] = patching.compare_patching(activation, attribution).correlation
+    assert correlation["head_out"] >= 0.8 and correlation["head_out_all_pos"] >= 0.8
+    assert correlation["head_out"] > correlation["resid_pre"] + 0.15

@@ -13,8 +13,10 @@ from mi_toolkit.cli import main
 from mi_toolkit.core.io import CheckpointError, Run
 from mi_toolkit.experiments import packaged
 from mi_toolkit.experiments.packaged import PACKAGED, PACKAGED_FILES, PackagedRun, load_packaged
+from mi_toolkit.analysis import heads
+from mi_toolkit.tasks.facts import answer_logits
 from mi_toolkit.tasks.ioi import IOITask
-from mi_toolkit.training.recipes import IOI
+from mi_toolkit.training.recipes import INDUCTION, IOI
 
 PAIR_TASKS = ("grokking_p113", "groups_S4", "miiii_p37")
 
@@ -55,6 +57,7 @@ def test_the_shipped_runs_were_trained_with_todays_defaults():
         fraction = config.split_fraction if hasattr(config, "split_fraction") else config.frac_train
         assert record["task"]["frac_train"] == fraction, name
     assert load_packaged("ioi").config["train"] == _json(IOI.to_dict())
+    assert load_packaged("induction").config["train"] == _json(INDUCTION.to_dict())
 
 
 @pytest.mark.parametrize("name", ["grokking_p113", "groups_S4"])
@@ -87,9 +90,22 @@ def test_the_ioi_model_names_the_indirect_object():
     assert accuracy >= 0.99 and accuracy == pytest.approx(run.analysis["accuracy"], abs=1e-6)
 
 
+def test_the_induction_model_has_its_recorded_heads():
+    # Scored with TL-compatible model_head_scores (all rows), not with induction_measures, which wrote the record.
+    run = load_packaged("induction")
+    tokens = run.task.eval_tokens()
+    induction = heads.model_head_scores(run.model, tokens, "induction")
+    previous = heads.model_head_scores(run.model, tokens, "previous_token")
+    assert induction[1].max() >= 0.9 and previous[0].max() >= 0.9
+    assert induction[1].max().item() == pytest.approx(run.analysis["induction_score"], abs=1e-5)
+    assert previous[0].max().item() == pytest.approx(run.analysis["prev_token_score"], abs=1e-5)
+
+
 def test_the_fact_model_recalls_as_recorded():
     run = load_packaged("facts_small")
-    recall = run.task.evaluate(run.model)["recall"]
+    prompts, answers = run.task.eval_prompts("train")  # the recorded recall's prompts (not the paraphrases)
+    with torch.no_grad():
+        recall = (answer_logits(run.model, prompts).argmax(-1) == answers).float().mean().item()
     assert recall >= 0.99 and recall == pytest.approx(run.analysis["recall"], abs=1e-6)
 
 

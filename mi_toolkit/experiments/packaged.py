@@ -50,6 +50,12 @@ def _miiii(out: Path, progress: bool) -> Run:
     return run_miiii(out, MiiiiConfig(p=37, seed=0), progress=progress, report=False)
 
 
+def _induction(out: Path, progress: bool) -> Run:
+    from mi_toolkit.experiments.induction import train_induction_model
+
+    return train_induction_model(seed=0, run_dir=out, progress=progress)
+
+
 def _ioi(out: Path, progress: bool) -> Run:
     from mi_toolkit.experiments.induction import train_ioi_model
 
@@ -78,6 +84,9 @@ PACKAGED: dict[str, PackagedRun] = {
     "miiii_p37": PackagedRun(
         "miiii, p = 37: every task (x0 + 37 x1) mod q for the 11 primes q < 37, trained until each grokked "
         "(tutorial 04)", "mi-toolkit miiii --p 37 --out DIR", _miiii),
+    "induction": PackagedRun(
+        "the induction model, 2 attention-only layers: a previous-token head in layer 0, induction heads in layer 1 "
+        "(tutorials 02 and 06)", "mi-toolkit packaged induction --out DIR", _induction),
     "ioi": PackagedRun(
         "the symbolic-IOI model, 2 attention-only layers (tutorial 06)",
         "mi-toolkit packaged ioi --out DIR", _ioi),
@@ -89,8 +98,10 @@ PACKAGED: dict[str, PackagedRun] = {
         "mi-toolkit othello --out DIR", _othello),
 }
 """Every shipped run by name: seed 0 and the command's defaults. ``grokking_p113``, ``groups_S4``, ``miiii_p37`` and
-``ioi`` were trained on a CPU with 2 threads and rebuild byte for byte with 2 (the thread count changes the float
-rounding); ``facts_small`` and ``othello_6x6`` were written by their commands before this registry existed."""
+``ioi`` were trained with 2 threads on one machine and rebuild there byte for byte with 2; ``induction`` with 2
+threads on another, an AVX2-only CPU (where ``ioi`` rebuilds with weights up to 0.56 apart). The thread count and
+the CPU's vector instructions change the float rounding, and with it the trajectory. ``facts_small`` and
+``othello_6x6`` were written by their commands before this registry existed."""
 
 
 def _entry(name: str) -> PackagedRun:
@@ -113,8 +124,9 @@ def load_packaged(name: str, device: str = "cpu") -> Run:
 
 def build_packaged(name: str, out: str | Path, *, progress: bool = True) -> Run:
     """Train the shipped run ``name`` again into the run directory ``out`` with its recorded command (seed 0,
-    the defaults). On a CPU with ``torch.set_num_threads(2)`` it gives the shipped weights byte for byte (another
-    thread count rounds differently, so the weights differ in the last bits and the run may stop at another step)."""
+    the defaults). On the CPU that trained it, with ``torch.set_num_threads(2)``, it gives the shipped weights byte
+    for byte; another thread count or CPU rounds differently, so the weights drift apart and the run may stop at
+    another step."""
     return _entry(name).build(Path(out), progress)
 
 

@@ -355,6 +355,7 @@ class FactTask:
         logits = model(tokens)[torch.arange(len(last), device=last.device), last]
         return answer_loss(logits, answers)
 
+    @torch.no_grad()
     def evaluate(self, model: HookedTransformer) -> dict[str, float]:
         """Recall (top-1 accuracy) on the training templates and on the held-out paraphrase templates."""
         out = {}

@@ -155,6 +155,7 @@ class InductionTask:
         tokens, predictable = batch
         return next_token_loss(model(tokens), tokens, predictable)
 
+    @torch.no_grad()
     def evaluate(self, model: HookedTransformer) -> dict[str, float]:
         """Loss on the repeated half of ``[BOS, A, A]`` (the head scores are
         :func:`mi_toolkit.analysis.heads.induction_measures`)."""

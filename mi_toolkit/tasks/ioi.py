@@ -129,6 +129,7 @@ class IOITask:
         tokens, answers = batch
         return answer_loss(model(tokens)[:, -1], answers)
 
+    @torch.no_grad()
     def evaluate(self, model: HookedTransformer) -> dict[str, float]:
         """Loss and accuracy at ``END`` on the evaluation set, and the mean logit difference IO - S."""
         tokens, answers = self.eval_set()

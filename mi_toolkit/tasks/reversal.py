@@ -70,6 +70,7 @@ class ReversalTask:
 
     loss = FactTask.loss
 
+    @torch.no_grad()
     def evaluate(self, model: HookedTransformer) -> dict[str, float]:
         """Forward accuracy, reverse accuracy on pairs taught both ways and on pairs taught forwards only, chance."""
         def accuracy(made):

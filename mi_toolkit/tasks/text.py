@@ -164,6 +164,7 @@ class TextTask:
     def loss(self, model: HookedTransformer, batch: Tensor) -> Tensor:
         return next_token_loss(model(batch), batch)
 
+    @torch.no_grad()
     def evaluate(self, model: HookedTransformer) -> dict[str, float]:
         """The next-token loss on :attr:`eval_batch` held-out windows."""
         tokens = self.heldout_windows(self.eval_batch)
