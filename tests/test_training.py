@@ -316,7 +316,7 @@ def test_orthogonalise_gives_the_polar_factor_approximately():
         inner = u.T @ muon.orthogonalise(m) @ vh.T  # diagonal, in U and V's own bases
         assert torch.allclose(inner, torch.diag(torch.diagonal(inner)), atol=1e-6)
         assert 0.6 < torch.diagonal(inner).min() and torch.diagonal(inner).max() < 1.3  # every singular value ~1
-    in_bf16 = muon.orthogonalise(matrix.to(torch.bfloat16)).double()  # the optimiser's default precision
+    in_bf16 = muon.orthogonalise(matrix.to(torch.bfloat16)).double()  # the optimiser's, where bfloat16 is native
     assert (in_bf16 - muon.orthogonalise(matrix)).abs().max() < 0.03
     stacked = muon.orthogonalise(torch.stack([matrix, 2 * matrix]))  # a stack, each matrix on its own
     assert torch.allclose(stacked[0], muon.orthogonalise(matrix), atol=1e-6)
@@ -349,6 +349,21 @@ def test_muon_moves_each_weight_by_the_orthogonalised_matrix_of_its_map(make_tin
         expected = as_map(before[name]) * (1 - 0.1 * 0.5) - 0.1 * scale * muon.orthogonalise(g)
         assert torch.allclose(as_map(dict(model.named_parameters())[name].detach()), expected, atol=1e-6), name
     assert attn.W_Q.shape[0] > 1 and mlp.W_in.shape[0] != mlp.W_in.shape[1]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_muon_orthogonalises_in_bfloat16_only_where_the_device_computes_it_natively(make_tiny_grokking_model,
+                                                                                      monkeypatch, native):
+    assert muon.native_bfloat16("cuda") and muon.native_bfloat16("cpu") in (True, False)
+    model = make_tiny_grokking_model(P, seed=0)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    dtypes, orthogonalise = [], muon.orthogonalise
+    monkeypatch.setattr(muon, "native_bfloat16", lambda device: native)
+    monkeypatch.setattr(muon, "orthogonalise", lambda m, steps: dtypes.append(m.dtype) or orthogonalise(m, steps))
+    muon.Muon(muon.muon_param_groups(model, lr=1e-3, muon_lr=0.1, weight_decay=0.0)).step()
+    assert dtypes and set(dtypes) == {torch.bfloat16 if native else torch.float32}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_muon_s_other_parameters_take_torch_s_adamw_update(make_tiny_grokking_model):
