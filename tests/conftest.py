@@ -5,8 +5,6 @@ Session-scoped models are shared by every test that asks for them, so tests must
 changes a model builds its own with a factory fixture (``make_tiny_transformer``, ``make_tiny_grokking_model``).
 """
 
-import os
-
 import pytest
 import torch
 
@@ -15,14 +13,6 @@ from mi_toolkit.core import has_hooks
 
 TINY_D_VOCAB = 20
 """Vocabulary of :func:`make_tiny_transformer`'s models (the tests that use them draw tokens from ``0 .. 19``)."""
-
-
-def pytest_configure(config):
-    """Under pytest-xdist each of the workers gets one thread (torch, and the notebook kernels and subprocesses it
-    starts, through ``OMP_NUM_THREADS``): two workers of two threads each on two cores slow each other down."""
-    if hasattr(config, "workerinput"):
-        torch.set_num_threads(1)
-        os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def _shared(model):

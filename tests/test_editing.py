@@ -107,7 +107,10 @@ def fact_setup():
     its traced MLP layer (0: README, "Facts") and ``E[k k^T]`` of layers 0 and 1. A copy of its own: edits are
     undone by ``with edit:`` and checked."""
     run = mt.load_packaged("facts_small")
-    return run.model, run.task, 0, second_moments(run.model, run.task, [0, 1], n_batches=4)
+    before = {name: value.clone() for name, value in run.model.state_dict().items()}
+    yield run.model, run.task, 0, second_moments(run.model, run.task, [0, 1], n_batches=4)
+    after = run.model.state_dict()
+    assert all(torch.equal(value, after[name]) for name, value in before.items()), "an edit was left applied"
 
 
 def test_edit_scores_match_a_hand_computation(fact_setup):

@@ -1,6 +1,7 @@
 """The Othello task, the model's run directory, probe edits, and the shipped 6x6 model's claims (legal moves,
 probes, edits), each checked against the engine or the reference engine rather than the code under test."""
 
+import dataclasses
 import inspect
 import json
 
@@ -175,7 +176,7 @@ def test_rerun_in_the_same_directory_resumes_without_training(tiny_run, tmp_path
     assert again.analysis["resumed_from"] == run.analysis["steps"]
     assert again.analysis["seconds"]["train"] >= run.analysis["seconds"]["train"]  # kept, not reset
     with pytest.raises(FileExistsError, match="different task"):
-        mt.run_othello(run.path, mt.OthelloConfig(preset="tiny", seed=1), progress=False)
+        mt.run_othello(run.path, dataclasses.replace(config, seed=1), progress=False)
 
 
 def test_cli_exit_codes(tmp_path, capsys):

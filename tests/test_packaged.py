@@ -91,7 +91,7 @@ def test_the_ioi_model_names_the_indirect_object():
 
 
 def test_the_induction_model_has_its_recorded_heads():
-    # Scored with TL-compatible model_head_scores (all rows), not with induction_measures, which wrote the record.
+    # Recomputed from the loaded weights with the public model_head_scores (the record was written in training).
     run = load_packaged("induction")
     tokens = run.task.eval_tokens()
     induction = heads.model_head_scores(run.model, tokens, "induction")

@@ -351,19 +351,23 @@ def test_muon_moves_each_weight_by_the_orthogonalised_matrix_of_its_map(make_tin
     assert attn.W_Q.shape[0] > 1 and mlp.W_in.shape[0] != mlp.W_in.shape[1]
 
 
-@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("native,ns_dtype,expected", [(True, None, torch.bfloat16), (False, None, torch.float32),
+                                                     (True, torch.float32, torch.float32)])
 def test_muon_orthogonalises_in_bfloat16_only_where_the_device_computes_it_natively(make_tiny_grokking_model,
-                                                                                      monkeypatch, native):
-    assert muon.native_bfloat16("cuda") and muon.native_bfloat16("cpu") in (True, False)
+                                                                                      monkeypatch, native, ns_dtype,
+                                                                                      expected):
+    assert not muon.native_bfloat16("meta")
     model = make_tiny_grokking_model(P, seed=0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     dtypes, orthogonalise = [], muon.orthogonalise
     monkeypatch.setattr(muon, "native_bfloat16", lambda device: native)
     monkeypatch.setattr(muon, "orthogonalise", lambda m, steps: dtypes.append(m.dtype) or orthogonalise(m, steps))
-    muon.Muon(muon.muon_param_groups(model, lr=1e-3, muon_lr=0.1, weight_decay=0.0)).step()
-    assert dtypes and set(dtypes) == {torch.bfloat16 if native else torch.float32}
-    assert all(p.dtype == torch.float32 for p in model.parameters())
+    muon.Muon(muon.muon_param_groups(model, lr=1e-3, muon_lr=0.1, weight_decay=0.0), ns_dtype=ns_dtype).step()
+    assert dtypes and set(dtypes) == {expected}  # an explicit ns_dtype wins over the device's
+    moved = [n for n, p in model.named_parameters() if p.dtype == torch.float32 and not torch.equal(p, before[n])]
+    assert "blocks.0.mlp.W_in" in moved and "blocks.0.attn.W_Q" in moved
 
 
 def test_muon_s_other_parameters_take_torch_s_adamw_update(make_tiny_grokking_model):
