@@ -163,6 +163,15 @@ def fitted_grokking_model():
 
 
 @pytest.fixture(scope="session")
+def shipped_fact_run():
+    """``mt.load_packaged("facts_small")``, the fact model shipped in the package (4 layers, d_model 128; written by
+    ``mi-toolkit facts``, seed 0): ``(model, run)``. The same weights on every CPU, unlike a model trained in the
+    test. Shared: tests must not change it (edits are undone by ``with edit:``)."""
+    run = mt.load_packaged("facts_small")
+    yield from _shared_with(run.model, run)
+
+
+@pytest.fixture(scope="session")
 def tiny_fact_run(tmp_path_factory):
     """``mt.run_facts`` with the tiny preset (80 facts, 4 layers of d_model 32; seconds), written to a temporary run
     directory, without edits: the :class:`~mi_toolkit.core.io.Run`. Shared: tests must not change its model (edits

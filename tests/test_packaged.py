@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import mi_toolkit as mt
+from mi_toolkit.analysis import heads
 from mi_toolkit.cli import main
 from mi_toolkit.core.io import CheckpointError, Run
 from mi_toolkit.experiments import packaged
 from mi_toolkit.experiments.packaged import PACKAGED, PACKAGED_FILES, PackagedRun, load_packaged
-from mi_toolkit.analysis import heads
 from mi_toolkit.tasks.facts import answer_logits
 from mi_toolkit.tasks.ioi import IOITask
 from mi_toolkit.training.recipes import INDUCTION, IOI

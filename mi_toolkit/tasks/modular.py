@@ -86,7 +86,6 @@ class PairTask:
         tokens, labels = batch
         return answer_loss(final_position_logits(model, tokens), labels, dtype=torch.float64)
 
-    @torch.no_grad()
     def evaluate(self, model: HookedTransformer) -> dict[str, float]:
         """Loss and accuracy on the train and test splits."""
         with torch.no_grad():

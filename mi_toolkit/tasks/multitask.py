@@ -79,7 +79,6 @@ class MultiTaskModular(PairTask):
         losses = self.task_losses(final_position_logits(model, tokens), labels)
         return sum(loss / math.log(q) for loss, q in zip(losses, self.primes))
 
-    @torch.no_grad()
     def evaluate(self, model: HookedTransformer) -> dict[str, float]:
         """Per task and split: loss and accuracy; ``train_acc`` / ``test_acc`` the lowest over the tasks and
         ``train_loss`` / ``test_loss`` the training objective."""

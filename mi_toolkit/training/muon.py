@@ -7,6 +7,7 @@ other parameters (embeddings, unembedding, norms, biases) take AdamW's update, i
 it is (``[d_model, n_heads * d_head]``), orthogonalised, and viewed back.
 """
 
+import functools
 import math
 
 import torch
@@ -40,10 +41,12 @@ def orthogonalise(matrix: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
     return x if wide else x.mT
 
 
+@functools.cache
 def native_bfloat16(device: torch.device | str) -> bool:
     """Whether ``device`` multiplies bfloat16 matrices in hardware: a CUDA GPU of compute capability 8.0 or higher
     (Ampere on), or a CPU with AVX512-BF16 or AMX. Elsewhere PyTorch emulates bfloat16, and the Newton-Schulz steps of
-    a 128 x 512 matrix took 80 ms in bfloat16 against 2.7 ms in float32 (an AVX2-only CPU, 2 threads)."""
+    a 128 x 512 matrix took 80 ms in bfloat16 against 2.7 ms in float32 (an AVX2-only CPU, 2 threads). Cached per
+    device: Muon asks at every step."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
@@ -103,9 +106,9 @@ class Muon(torch.optim.Optimizer):
         ns_steps: Newton-Schulz steps.
         ns_dtype: the precision of the Newton-Schulz steps. None (the default): bfloat16, as in the reference
             implementation, on devices that compute in it natively (:func:`native_bfloat16`: CUDA from compute
-            capability 8.0, CPUs with AVX512-BF16 or AMX; 2.8x faster than float32
-            for the Othello model's matrices on 2 CPU cores with bfloat16 instructions; the orthogonalised update is
-            within about 0.01 of float32's), float32 elsewhere (bfloat16 emulated in software was 30x slower).
+            capability 8.0, CPUs with AVX512-BF16 or AMX; 2.8x faster than float32 for the Othello model's matrices
+            on 2 CPU cores with bfloat16 instructions; the orthogonalised update is within about 0.01 of float32's),
+            float32 elsewhere (bfloat16 emulated in software was 30x slower).
         eps: AdamW's epsilon.
     """
 
