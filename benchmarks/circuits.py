@@ -1,12 +1,13 @@
 """Circuit-discovery benchmarks, measured side by side in one run.
 
-1. Speed: exact edge scores (vectorised), EAP and EAP-IG against a plain loop of TransformerLens hooks (one forward
-   pass per edge, the delta added to one receiver's input), on the trained induction and IOI models (81 edges each)
+1. Speed: exact edge scores (vectorised), EAP, EAP-IG and EAP-IG along receiver paths against a plain loop of
+   TransformerLens hooks (one forward pass per edge, the delta added to one receiver's input), on the shipped
+   induction and IOI models (81 edges each)
    and on an untrained 4-layer model with MLPs and LayerNorm (1,519 edges). Peak extra resident memory of each
    method on the 4-layer model.
-2. Agreement with exact on the trained models: top-10 overlap, Spearman over all edges, and the largest gap between
-   the faithfulness curves of the top-n circuits (EAP-IG vs exact).
-3. ACDC on the trained models: time, forward passes, edges kept and the circuit's faithfulness, over thresholds.
+2. Agreement with exact on those models: top-10 overlap, Spearman over all edges, and the largest gap between
+   the faithfulness curves of the top-n circuits (each estimate vs exact).
+3. ACDC on those models: time, forward passes, edges kept and the circuit's faithfulness, over thresholds.
 
 Usage: python benchmarks/circuits.py [--threads 2] [--repeats 3]
 """
@@ -79,10 +80,12 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def trained_models():
-    induction = mt.train_induction_model(progress=False)
+    """The shipped induction and IOI runs (``mt.load_packaged``): the same weights on every machine, where training
+    them here would give each CPU's float rounding its own model."""
+    induction = mt.load_packaged("induction")
     clean, corrupted = induction.task.patching_pair(16)
     loss = mt.metrics.loss(clean, positions=induction.task.repeat_positions)
-    ioi = mt.train_ioi_model(progress=False)
+    ioi = mt.load_packaged("ioi")
     ioi_clean, ioi_corrupted, answer, subject = ioi.task.patching_pair(32)
     logit_diff = mt.metrics.logit_diff(answer, subject)
     normalized = mt.metrics.normalized(logit_diff, ioi.model(ioi_clean), ioi.model(ioi_corrupted))
@@ -99,7 +102,7 @@ def speed(name, model, clean, corrupted, metric, repeats):
     loop_s, loop = best_time(lambda: hook_loop(model, clean, corrupted, metric), 1)
     row = [f"{name:<10} edges {n_edges:>5}  hook loop {loop_s:8.3f} s"]
     results = {}
-    for method in ("exact", "eap", "eap-ig"):
+    for method in circuits.METHODS:
         seconds, results[method] = best_time(
             lambda m=method: circuits.edge_scores(model, clean, corrupted, metric, m), repeats)
         row.append(f"{method} {seconds:.3f} s ({loop_s / seconds:.1f}x)")
@@ -118,7 +121,7 @@ def main():
     print(f"torch {torch.__version__}, {args.threads} threads")
     started = time.perf_counter()
     models = trained_models()
-    print(f"trained the induction and IOI models in {time.perf_counter() - started:.1f} s\n")
+    print(f"loaded the shipped induction and IOI models in {time.perf_counter() - started:.1f} s\n")
 
     print("1. Speed: every edge scored, against one forward pass per edge")
     scores = {name: speed(name, *spec[:4], args.repeats) for name, spec in models.items()}
@@ -135,7 +138,7 @@ def main():
 
     reference = peak_extra_mb(gradient)
     memory = {m: peak_extra_mb(lambda m=m: circuits.edge_scores(big, big_clean, big_corrupted, big_metric, m))
-              for m in ("eap", "eap-ig", "exact")}
+              for m in ("eap", "eap-ig", "exact", "eap-ig-receivers")}
     ratio = (lambda mb: f" ({mb / reference:.1f}x)" if mb and reference else "")  # noqa: E731  (None off Linux)
     print(f"   peak extra memory, 4-layer model: one forward + backward of the model {reference} MB; "
           + ", ".join(f"{m} {mb} MB{ratio(mb)}" for m, mb in memory.items()))
@@ -144,17 +147,18 @@ def main():
     for name, (model, clean, corrupted, metric, *_rest) in models.items():
         exact = scores[name]["exact"]
         curves = {m: circuits.faithfulness_curve(model, scores[name][m], clean, metric, N_CURVE,
-                                                 corrupted_tokens=corrupted) for m in ("exact", "eap", "eap-ig")}
-        for method in ("eap", "eap-ig"):
+                                                 corrupted_tokens=corrupted) for m in circuits.METHODS}
+        for method in circuits.METHODS[1:]:
             est = scores[name][method]
             overlap = len(set(exact.top(10)) & set(est.top(10)))
             gaps = [abs(a - b) for a, b in zip(curves[method].faithfulness, curves["exact"].faithfulness)]
-            print(f"{name:<10} {method:<7} top-10 overlap {overlap}/10  Spearman {spearman(exact.flat(), est.flat()):.3f}"
+            rho = spearman(exact.flat(), est.flat())
+            print(f"{name:<10} {method:<16} top-10 overlap {overlap}/10  Spearman {rho:.3f}"
                   f"  faithfulness curve gap vs exact: max {max(gaps):.3f}, mean {sum(gaps) / len(gaps):.3f}")
-        print(f"{'':<10} curve n = {N_CURVE}")
+        print(f"{'':<10} {'curve n =':<16} " + " ".join(f"{n:5d}" for n in N_CURVE))
         for method, curve in curves.items():
-            print(f"{'':<10} {method:<7} " + " ".join(f"{f:5.2f}" for f in curve.faithfulness))
-        print(f"{'':<10} random  " + " ".join(f"{f:5.2f}" for f in curves["exact"].random_mean))
+            print(f"{'':<10} {method:<16} " + " ".join(f"{f:5.2f}" for f in curve.faithfulness))
+        print(f"{'':<10} {'random':<16} " + " ".join(f"{f:5.2f}" for f in curves["exact"].random_mean))
 
     print("\n3. ACDC")
     for name, (model, clean, corrupted, metric, acdc_metric, thresholds) in models.items():

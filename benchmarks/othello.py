@@ -8,7 +8,8 @@
    extrapolated from the measured rate (and marked so).
 
 2. Training throughput: steps and games per second of the shipped model's architecture, float32 against bfloat16
-   autocast (``TrainConfig.autocast``), data generation included (the task replays every batch with the engine).
+   autocast (``TrainConfig.autocast``), eager and compiled, data generation included (the task replays every batch
+   with the engine); whether this CPU computes bfloat16 natively, which decides the recipe's precision.
 3. Probe fit time: closed-form ridge against AdamW on the same cached activations of the shipped model (every
    layer, "mine / theirs / empty", 36 squares x 3 classes), with the held-out accuracy each reaches.
 
@@ -21,6 +22,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -83,36 +85,47 @@ def bench_games(sizes=(6,), n_fast: int = 200_000, n_reference: int = 2000, roun
 
 
 def bench_training(steps: int = 20) -> None:
-    """Steps/s and games/s of the shipped architecture in float32, under bfloat16 autocast, and under bfloat16
-    autocast compiled (the recipe's setting; compiled once in a warm-up run), on the same batches; the recipe's
-    optimiser (Muon) and, last, AdamW (the previous recipe's) to show what Muon's step costs."""
+    """Steps/s and games/s of the shipped architecture in float32 and under bfloat16 autocast, eager and compiled
+    (compiled once in a warm-up run), on the same batches; the recipe's optimiser (Muon) and, last, AdamW at the
+    recipe's precision (``autocast="auto"``: bfloat16 where the device computes in it natively) to show what Muon's
+    step costs. Where bfloat16 is emulated (no AVX512-BF16 or AMX), its rows time 3 steps: each takes seconds."""
     from mi_toolkit.models.factory import build_model
     from mi_toolkit.models.presets import OTHELLO_PRESETS, othello_model_config
     from mi_toolkit.tasks.othello_task import OthelloTask
     from mi_toolkit.training import recipes, train
+    from mi_toolkit.training.muon import native_bfloat16
 
     task = OthelloTask(n_games=10**9, eval_games=16)  # the trainer evaluates at the first and last step: keep it small
-    print(f"\n## training throughput ({steps} steps after 3 warm-up steps, batch {task.batch_size} games)")
+    native = native_bfloat16("cpu")
+    print(f"\n## training throughput ({steps} steps after 3 warm-up steps, batch {task.batch_size} games; bfloat16 "
+          f"is {'native' if native else 'EMULATED'} on this CPU, so the recipe trains in "
+          f"{'bfloat16' if native else 'float32'})")
     print(f"{'setting':30s} {'steps/s':>8s} {'games/s':>9s} {'s/step':>7s}")
     rates = {}
     for name, precision, compiled, optimizer in (
-            ("float32", None, False, "muon"), ("bfloat16", "bf16", False, "muon"),
-            ("bfloat16, compiled", "bf16", True, "muon"), ("bfloat16, compiled, AdamW", "bf16", True, "adamw")):
+            ("float32", None, False, "muon"), ("float32, compiled", None, True, "muon"),
+            ("bfloat16", "bf16", False, "muon"), ("bfloat16, compiled", "bf16", True, "muon"),
+            ("recipe (auto), compiled, AdamW", "auto", True, "adamw")):
         model = build_model(othello_model_config(task.d_vocab, task.n_ctx, **OTHELLO_PRESETS["small"]), seed=0)
         config = recipes.OTHELLO.replace(steps=3, autocast=precision, compile=compiled, optimizer=optimizer,
                                          log_every=10**6, checkpoint_every=10**6)
-        started = time.perf_counter()
-        train(model, task, config, progress=False)  # warm-up (and compilation)
-        warm_up = time.perf_counter() - started
-        started = time.perf_counter()
-        train(model, task, config.replace(steps=steps), progress=False)
-        seconds = (time.perf_counter() - started) / steps
+        timed = steps if native or precision != "bf16" else 3
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*no native bfloat16")  # said in the header instead
+            started = time.perf_counter()
+            train(model, task, config, progress=False)  # warm-up (and compilation)
+            warm_up = time.perf_counter() - started
+            started = time.perf_counter()
+            train(model, task, config.replace(steps=timed), progress=False)
+        seconds = (time.perf_counter() - started) / timed
         rates[name] = 1 / seconds
         print(f"{name:30s} {1 / seconds:8.2f} {task.batch_size / seconds:9.0f} {seconds:7.3f}"
-              + (f"   (warm-up with compilation {warm_up:.1f} s)" if compiled else ""))
+              + (f"   (warm-up with compilation {warm_up:.1f} s)" if compiled else "")
+              + (f"   ({timed} steps)" if timed != steps else ""))
+    recipe = "bfloat16, compiled" if native else "float32, compiled"
     print(f"bfloat16 / float32: {rates['bfloat16'] / rates['float32']:.2f}x; compiled / not: "
-          f"{rates['bfloat16, compiled'] / rates['bfloat16']:.2f}x; Muon / AdamW step rate: "
-          f"{rates['bfloat16, compiled'] / rates['bfloat16, compiled, AdamW']:.2f}x")
+          f"{rates[recipe] / rates[recipe.split(',')[0]]:.2f}x ({recipe.split(',')[0]}); Muon / AdamW step rate: "
+          f"{rates[recipe] / rates['recipe (auto), compiled, AdamW']:.2f}x")
 
 
 def bench_probes(n_games: int = 3000) -> None:

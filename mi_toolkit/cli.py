@@ -203,8 +203,10 @@ def _packaged(args: argparse.Namespace) -> int:
         print(f"mi-toolkit packaged: {err}", file=sys.stderr)
         return 2
     grokked = run.analysis.get("grokked")
-    print(json.dumps({"out": str(run.path), "name": args.name, "command": PACKAGED[args.name].command,
-                      "grokked": grokked}, indent=2))
+    summary = {"out": str(run.path), "name": args.name, "command": PACKAGED[args.name].command}
+    if "grokked" in run.analysis:  # only the grokking family's runs grok or not
+        summary["grokked"] = grokked
+    print(json.dumps(summary, indent=2))
     if grokked is False:
         print(f"mi-toolkit packaged: {args.name} did NOT grok this time (analysis.json)", file=sys.stderr)
         return 1

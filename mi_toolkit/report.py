@@ -219,6 +219,8 @@ def write_othello_report(path, model, task, history: list[dict], analysis: dict,
     rows = [["legal top-1 (held-out games)", f"{a['legal_top1']:.5f}"], ["held-out loss", f"{a['heldout_loss']:.4f}"],
             ["parameters", f"{a['n_params']:,}"], ["steps / games seen", f"{a['steps']:,} / {a['games_seen']:,}"],
             ["seconds (training, analysis)", f"{a['seconds']['train']}, {a['seconds']['analysis']}"],
+            ["training precision", ", ".join(f"{k.replace('_', '-')} {v}" for k, v in a.get("precision", {}).items())
+                                   or "not recorded (an earlier run)"],
             ["best mine/theirs/empty probe", f"{best['hook_name']}: {_with_interval(best)} (occupied squares "
                                              f"{_with_interval(best, 'test_occupied')}; control {_fmt(best['control'])}"
                                              f", random model {_fmt(best['random_model'])}, majority "

@@ -89,7 +89,7 @@ def test_nan_loss_stops_with_message(tmp_path, new_model):
                                     dict(grad_filter="sma"), dict(log_every=0), dict(optimizer="sgd"),
                                     dict(muon_lr=0.0), dict(muon_lr=float("inf")),
                                     dict(optimizer="muon", muon_lr=0.5, weight_decay=2.0),
-                                    dict(lr_schedule="step"), dict(decay_fraction=1.5)])
+                                    dict(lr_schedule="step"), dict(decay_fraction=1.5), dict(autocast="fp16")])
 def test_bad_config(kwargs):
     with pytest.raises(ValueError):
         TrainConfig(**kwargs)
@@ -364,10 +364,39 @@ def test_muon_orthogonalises_in_bfloat16_only_where_the_device_computes_it_nativ
     dtypes, orthogonalise = [], muon.orthogonalise
     monkeypatch.setattr(muon, "native_bfloat16", lambda device: native)
     monkeypatch.setattr(muon, "orthogonalise", lambda m, steps: dtypes.append(m.dtype) or orthogonalise(m, steps))
-    muon.Muon(muon.muon_param_groups(model, lr=1e-3, muon_lr=0.1, weight_decay=0.0), ns_dtype=ns_dtype).step()
+    optimizer = muon.Muon(muon.muon_param_groups(model, lr=1e-3, muon_lr=0.1, weight_decay=0.0), ns_dtype=ns_dtype)
+    optimizer.step()
     assert dtypes and set(dtypes) == {expected}  # an explicit ns_dtype wins over the device's
+    assert optimizer.ns_dtype_on("cpu") == expected
     moved = [n for n, p in model.named_parameters() if p.dtype == torch.float32 and not torch.equal(p, before[n])]
     assert "blocks.0.mlp.W_in" in moved and "blocks.0.attn.W_Q" in moved
+
+
+class RecordsPrecision(ModularArithmetic):
+    """Records the dtype of each training step's logits: bfloat16 under autocast, float32 without."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        object.__setattr__(self, "dtypes", [])
+
+    def loss(self, model, batch):
+        self.dtypes.append(model(batch[0]).dtype)
+        return super().loss(model, batch)
+
+
+@pytest.mark.parametrize("autocast,native,expected", [("auto", True, torch.bfloat16), ("auto", False, torch.float32),
+                                                      ("bf16", True, torch.bfloat16), ("bf16", False, torch.bfloat16),
+                                                      (None, True, torch.float32)])
+def test_auto_autocast_trains_in_bfloat16_only_where_the_device_computes_it_natively(new_model, monkeypatch, autocast,
+                                                                                     native, expected):
+    monkeypatch.setattr(mt.training.trainer, "native_bfloat16", lambda device: native)
+    task = RecordsPrecision(p=P, frac_train=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(new_model(), task, TrainConfig(steps=2, autocast=autocast), progress=False)
+    assert task.dtypes == [expected, expected] and result.precision == {"loss": str(expected)[6:]}  # recorded
+    emulated = [w for w in caught if "no native bfloat16" in str(w.message)]
+    assert len(emulated) == (autocast == "bf16" and not native)  # an explicit bf16 where it is emulated warns
 
 
 def test_muon_s_other_parameters_take_torch_s_adamw_update(make_tiny_grokking_model):

@@ -108,6 +108,8 @@ def test_muon_lr_trains_the_matrices_with_muon(tmp_path):
     assert cli(["grokking", "--out", str(out), "--p", "23", "--steps", "20", "--muon-lr", "0.02", "--weight-decay",
                 "1", "--quiet", "--no-report"]) == 0
     assert json.loads((out / "config.json").read_text())["train"]["optimizer"] == "muon"
+    native = "bfloat16" if mt.training.muon.native_bfloat16("cpu") else "float32"
+    assert json.loads((out / "analysis.json").read_text())["precision"] == {"loss": "float32", "newton_schulz": native}
     with pytest.raises(ValueError, match="muon_lr"):  # its matrices would shrink by 2x a step
         mt.GrokkingConfig(muon_lr=0.5, weight_decay=4.0)
 

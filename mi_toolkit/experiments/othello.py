@@ -144,7 +144,7 @@ def run_othello(out: str | Path | None, config: OthelloConfig = OthelloConfig(),
     analysis = analyse_othello(model, task, config)
     seconds["analysis"] = round(time.perf_counter() - started, 2)
     analysis.update(steps=result.final_step, games_seen=result.final_step * task.batch_size,
-                    resumed_from=result.resumed_from, seconds=seconds)
+                    resumed_from=result.resumed_from, precision=result.precision, seconds=seconds)
     if out is not None:
         save_tensors(out / "model.safetensors", model.state_dict())
         save_json(out / "analysis.json", analysis)

@@ -242,6 +242,7 @@ def run_until_done(out: Path, config: UntilDoneConfig, record: dict, task, model
     analysis["checks_passed_at_step"] = None if stop is None else stop.done_at
     analysis["stop_reason"] = ("step budget" if not config.until_done
                                else "checks passed" if stop.finished else "cap")
+    analysis["precision"] = result.precision
     analysis["seconds"] = {"train_this_call": round(train_seconds, 2),
                            "analysis": round(time.perf_counter() - started, 2)}
     write_jsonl(out / "metrics.jsonl", history)

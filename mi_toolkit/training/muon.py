@@ -157,11 +157,15 @@ class Muon(torch.optim.Optimizer):
             matrix = _as_matrix(param.grad.add(buffer, alpha=group["momentum"]), dims)
             by_shape.setdefault((tuple(matrix.shape), param.dtype, param.device), []).append((param, matrix))
         for ((fan_in, fan_out), dtype, device), pairs in by_shape.items():
-            ns_dtype = self.ns_dtype or (torch.bfloat16 if native_bfloat16(device) else torch.float32)
-            stack = torch.stack([m for _, m in pairs]).to(ns_dtype)
+            stack = torch.stack([m for _, m in pairs]).to(self.ns_dtype_on(device))
             orthogonal = orthogonalise(stack, group["ns_steps"]).to(dtype)
             for (param, _), update in zip(pairs, orthogonal):
                 param.add_(_from_matrix(update, param, dims), alpha=-lr * max(1.0, fan_out / fan_in) ** 0.5)
+
+    def ns_dtype_on(self, device: torch.device | str) -> torch.dtype:
+        """The dtype of the Newton-Schulz steps for matrices on ``device``: ``ns_dtype`` where given, else bfloat16
+        where the device computes in it natively and float32 elsewhere."""
+        return self.ns_dtype or (torch.bfloat16 if native_bfloat16(device) else torch.float32)
 
     def _adamw_update(self, param: Tensor, group: dict, lr: float) -> None:
         state = self.state[param]

@@ -82,11 +82,13 @@ LM_TINY = TrainConfig(steps=30, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.98), wa
 
 
 OTHELLO = TrainConfig(steps=4000, lr=5e-3, weight_decay=0.01, betas=(0.9, 0.98), warmup_steps=100,
-                      lr_schedule="cosine", optimizer="muon", muon_lr=0.04, autocast="bf16", compile=True,
+                      lr_schedule="cosine", optimizer="muon", muon_lr=0.04, autocast="auto", compile=True,
                       log_every=250, checkpoint_every=500)
 """The 6x6 Othello-GPT (``mi-toolkit othello``), 256 fresh games a step, Muon for the weight matrices, bfloat16
-autocast, compiled: 4,000 steps took 473-505 s on 2 cores (the whole command 8.5-9 minutes). Chosen by measurement (README,
-"Othello"): Muon at 0.04 reached AdamW's legal top-1 in half the steps (0.02 and 0.08 did no better); with AdamW, at
+autocast where the device has bfloat16 arithmetic (``"auto"``; float32 elsewhere), compiled: 4,000 steps took
+473-505 s on 2 cores with AVX512-BF16 (the whole command 8.5-9 minutes); on an AVX2-only CPU, in float32, a step
+takes about 0.56 s (about 37 minutes for 4,000; emulated bfloat16 would take 10 s a step). Chosen by measurement
+(README, "Othello"): Muon at 0.04 reached AdamW's legal top-1 in half the steps (0.02 and 0.08 did no better); with AdamW, at
 equal games seen, lr 5e-3 beat 3e-3, 4 layers of d_model 128 beat 6 of 64 and matched 6 of 128 at 40% less time per
 step; 8 heads matched 4."""
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from mi_toolkit.core.tl import Embed, PosEmbed, Unembed
 from mi_toolkit.training.checkpoints import TrainState, list_checkpoints
 from mi_toolkit.training.grokfast import make_filter
-from mi_toolkit.training.muon import Muon, muon_param_groups
+from mi_toolkit.training.muon import Muon, muon_param_groups, native_bfloat16
 
 __all__ = ["Task", "TrainConfig", "TrainResult", "TrainingDivergedError", "list_checkpoints", "train"]
 
@@ -86,7 +86,10 @@ class TrainConfig:
     """Clip the global gradient norm to this value (after the filter); None: no clipping."""
     autocast: str | None = None
     """``"bf16"``: compute the training loss under ``torch.autocast`` in bfloat16 (weights, optimizer and evaluation
-    stay float32); on CPUs with AVX512-BF16 about 1.3-1.9x faster steps for the Othello models. None: float32."""
+    stay float32); on CPUs with AVX512-BF16 about 1.3-1.9x faster steps for the Othello models. ``"auto"``: bfloat16
+    where the device computes in it natively (:func:`~mi_toolkit.training.muon.native_bfloat16`: CUDA from compute
+    capability 8.0, CPUs with AVX512-BF16 or AMX), float32 elsewhere: on an AVX2-only CPU, where PyTorch emulates
+    bfloat16, an Othello step took 13x as long as in float32 (``"bf16"`` there warns). None: float32."""
     compile: bool = False
     """Run the training forward and backward passes through ``torch.compile`` of the model's forward (evaluation
     stays eager): 1.6x faster bfloat16 steps for the Othello model on 2 CPU cores (``benchmarks/othello.py``) after
@@ -116,8 +119,8 @@ class TrainConfig:
         if self.optimizer == "muon" and not self.muon_lr * self.weight_decay < 1:
             raise ValueError(f"muon_lr * weight_decay = {self.muon_lr * self.weight_decay:g} must be < 1: Muon's "
                              "matrices shrink by that fraction a step (decoupled weight decay)")
-        if self.autocast not in (None, "bf16"):
-            raise ValueError(f"autocast must be None or 'bf16', got {self.autocast!r}")
+        if self.autocast not in (None, "bf16", "auto"):
+            raise ValueError(f"autocast must be None, 'bf16' or 'auto', got {self.autocast!r}")
         if self.lr_schedule not in ("constant", "cosine", "linear_decay"):
             raise ValueError(f"lr_schedule must be 'constant', 'cosine' or 'linear_decay', got {self.lr_schedule!r}")
         if not 0 <= self.decay_fraction <= 1:
@@ -155,6 +158,10 @@ class TrainResult:
     """The step the run resumed from, or None for a fresh run."""
     seconds: float
     """Wall time of this call."""
+    precision: dict[str, str] = dataclasses.field(default_factory=dict)
+    """What this call computed in: ``"loss"`` (the training forward and backward: ``"bfloat16"`` under autocast,
+    else the parameters' dtype) and, with Muon, ``"newton_schulz"``; the device decides both where the config does
+    not (``autocast="auto"``, ``Muon(ns_dtype=None)``), so a run records them."""
 
 
 def train(
@@ -229,8 +236,9 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
     started = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
     device_type = params[0].device.type if params else "cpu"
-    if config.autocast is not None and device_type not in ("cpu", "cuda"):
+    if config.autocast == "bf16" and device_type not in ("cpu", "cuda"):
         raise ValueError(f"autocast={config.autocast!r} is supported on cpu and cuda, not {device_type}")
+    bfloat16 = _autocast_bfloat16(config.autocast, params[0].device if params else torch.device("cpu"))
     embeddings = _embedding_parameters(model) if embedding_decay_scale is not None else []
     if embedding_decay_scale is not None and (config.optimizer == "muon" or not embeddings):
         raise ValueError("embedding_decay_scale needs the AdamW or Adam optimiser and a model with TransformerLens "
@@ -284,12 +292,12 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
         for step in range(start, start if stopping else config.steps):
             batch = task.train_batch(step)
             try:
-                loss = _forward_backward(task, model, batch, optimizer, device_type, config.autocast, compiled)
+                loss = _forward_backward(task, model, batch, optimizer, device_type, bfloat16, compiled)
             except Exception as error:
                 if compiled is None:
                     raise
                 # The same step eagerly: an error of the task's own is raised from there, without the warning.
-                loss = _forward_backward(task, model, batch, optimizer, device_type, config.autocast, None)
+                loss = _forward_backward(task, model, batch, optimizer, device_type, bfloat16, None)
                 warnings.warn(f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); training eagerly "
                               "instead", RuntimeWarning, stacklevel=3)
                 compiled = None
@@ -323,10 +331,28 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
                 break
     finally:
         bar.close()
-    return TrainResult(history, done, stopping and done < config.steps, start or None, time.perf_counter() - started)
+    precision = {"loss": "bfloat16" if bfloat16 else str(params[0].dtype if params else torch.float32)[6:]}
+    if isinstance(optimizer, Muon):
+        precision["newton_schulz"] = str(optimizer.ns_dtype_on(params[0].device))[6:]
+    return TrainResult(history, done, stopping and done < config.steps, start or None, time.perf_counter() - started,
+                       precision)
 
 
-def _forward_backward(task: Task, model: nn.Module, batch, optimizer, device_type: str, autocast: str | None,
+def _autocast_bfloat16(autocast: str | None, device: torch.device) -> bool:
+    """Whether the training loss runs under bfloat16 autocast: ``"bf16"`` always (with a warning where bfloat16 is
+    emulated), ``"auto"`` where the device computes in it natively."""
+    if autocast is None:
+        return False
+    native = native_bfloat16(device)
+    if autocast == "bf16" and not native:
+        warnings.warn(f"autocast='bf16' on {device}, which has no native bfloat16 arithmetic (no AVX512-BF16 or AMX "
+                      "on a CPU, compute capability < 8.0 on a GPU): PyTorch emulates it, and an Othello step took 13x "
+                      "as long as in float32 on an AVX2-only CPU. autocast='auto' trains in float32 there.",
+                      RuntimeWarning, stacklevel=4)
+    return autocast == "bf16" or native
+
+
+def _forward_backward(task: Task, model: nn.Module, batch, optimizer, device_type: str, bfloat16: bool,
                       compiled_forward: Callable | None) -> Tensor:
     """The training loss on ``batch``, with its gradients; through ``compiled_forward`` (``torch.compile`` of the
     model's ``forward``) where given. That forward is set on the model itself, for this loss only, so the task
@@ -335,7 +361,7 @@ def _forward_backward(task: Task, model: nn.Module, batch, optimizer, device_typ
     if compiled_forward is not None:
         model.forward = compiled_forward  # an instance attribute over the class's method
     try:
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast == "bf16"):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bfloat16):
             loss = task.loss(model, batch)
         loss.backward()
     finally:

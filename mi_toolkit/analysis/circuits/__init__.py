@@ -1,5 +1,5 @@
-"""Circuit discovery on the edge graph of any ``HookedTransformer``: edge scores (exact, EAP, EAP-IG), circuits and
-their faithfulness, ACDC, and causal scrubbing.
+"""Circuit discovery on the edge graph of any ``HookedTransformer``: edge scores (exact, EAP, EAP-IG along the input
+embeddings or along each receiver's input: ``METHODS``), circuits and their faithfulness, ACDC, and causal scrubbing.
 
 Senders are ``"input"``, ``"a{L}.h{H}"`` and ``"m{L}"``; receivers ``"a{L}.h{H}.q"`` / ``".k"`` / ``".v"``, ``"m{L}"``
 and ``"logits"`` (:mod:`.graph`). An edge is removed by giving one receiver the sender's ablated output instead of
@@ -24,11 +24,11 @@ from mi_toolkit.analysis.circuits.circuit import (
     roc_auc,
 )
 from mi_toolkit.analysis.circuits.graph import EdgeGraph, edge_graph
-from mi_toolkit.analysis.circuits.scores import EdgeScores, edge_scores
+from mi_toolkit.analysis.circuits.scores import METHODS, EdgeScores, edge_scores
 from mi_toolkit.analysis.circuits.scrubbing import Hypothesis, ScrubResult, causal_scrub, token_feature
 
 __all__ = [
-    "ABLATIONS", "ACDCResult", "Circuit", "EdgeGraph", "EdgeScores", "FaithfulnessCurve", "ablated_outputs", "acdc",
-    "Hypothesis", "ScrubResult", "causal_scrub", "edge_graph", "edge_scores", "evaluate_circuits", "faithfulness",
-    "faithfulness_curve", "roc_auc", "token_feature",
+    "ABLATIONS", "ACDCResult", "Circuit", "EdgeGraph", "EdgeScores", "FaithfulnessCurve", "METHODS", "ablated_outputs",
+    "acdc", "Hypothesis", "ScrubResult", "causal_scrub", "edge_graph", "edge_scores", "evaluate_circuits",
+    "faithfulness", "faithfulness_curve", "roc_auc", "token_feature",
 ]

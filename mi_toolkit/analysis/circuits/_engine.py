@@ -101,10 +101,13 @@ def patched_logits(
     tokens: Int[Tensor, "batch pos"],
     removed: Float[Tensor, "copies n_receivers n_senders pos"],
     ablated: Float[Tensor, "n_senders batch pos d_model"],
+    on_input=None,
 ) -> Float[Tensor, "copies_x_batch pos d_vocab_out"]:
     """Logits of ``len(removed)`` copies of ``tokens``, copy ``c`` with the edges in ``removed[c]`` ablated.
 
-    Rows are copy-major: copy ``c`` is rows ``c * batch .. (c + 1) * batch``.
+    Rows are copy-major: copy ``c`` is rows ``c * batch .. (c + 1) * batch``. ``on_input(hook_name, x)``, where
+    given, receives every receiver hook's activation as the receivers read it (after the edits), for gradients.
+    A fractional ``removed`` moves the input that fraction of the way to the ablated one.
     """
     copies, batch = len(removed), len(tokens)
     removed = removed.to(ablated.dtype) * graph.valid.to(removed.device)[None, :, :, None]
@@ -123,14 +126,16 @@ def patched_logits(
             n = len(actual)
             mask = removed[:, rows, :n]  # (copy, receiver, sender, pos)
             used = mask.ne(0).any(3).any(1).any(0).nonzero().flatten()  # senders some copy removes here
-            if len(used) == 0:
-                return x
-            diffs, mask = differences(n, used), mask[:, :, used]
-            if per_head:  # x: (copy * batch, pos, head_index, d_model)
-                delta = torch.einsum("chsp,scbpd->cbphd", mask, diffs)
-            else:  # x: (copy * batch, pos, d_model)
-                delta = torch.einsum("csp,scbpd->cbpd", mask[:, 0], diffs)
-            return x + delta.flatten(0, 1)
+            if len(used):
+                diffs, mask = differences(n, used), mask[:, :, used]
+                if per_head:  # x: (copy * batch, pos, head_index, d_model)
+                    delta = torch.einsum("chsp,scbpd->cbphd", mask, diffs)
+                else:  # x: (copy * batch, pos, d_model)
+                    delta = torch.einsum("csp,scbpd->cbpd", mask[:, 0], diffs)
+                x = x + delta.flatten(0, 1)
+            if on_input is not None:
+                on_input(hook.name, x)
+            return x
 
         return hook
 
@@ -147,13 +152,16 @@ def one_edge_logits(
     start: Float[Tensor, "batch pos d_model"],
     patches: list[tuple[int, int, int | None]],
     deltas: Float[Tensor, "n_senders batch pos d_model"],
+    on_input=None,
 ) -> Float[Tensor, "copies_x_batch pos d_vocab_out"]:
     """One copy of the clean run per patch ``(receiver, sender, position or None)``, every receiver in block
     ``layer`` (``n_layers``: the logits), each copy adding ``deltas[sender]`` to its one receiver's input.
 
     With one edge removed, every sender upstream of the receiver keeps its clean output, so the delta is the same in
     every copy and the pass restarts at ``layer`` from the clean residual stream ``start`` (TransformerLens's
-    ``start_at_layer``): the layers before it are not run again.
+    ``start_at_layer``): the layers before it are not run again. ``deltas`` may hold any row per patch (a sum of
+    senders' differences, scaled); ``on_input(hook_name, x)`` receives the edited receiver inputs, as in
+    :func:`patched_logits`.
     """
     copies, batch = len(patches), len(start)
     index = {name: rows for name, rows, _ in _receiver_groups(model, graph)}
@@ -177,7 +185,10 @@ def one_edge_logits(
                 out[copy, :, :, slot] += values
             else:
                 out[copy] += values
-            return out.flatten(0, 1)
+            out = out.flatten(0, 1)
+            if on_input is not None:
+                on_input(hook.name, out)
+            return out
 
         return hook
 
@@ -185,7 +196,10 @@ def one_edge_logits(
         resid = start.repeat(copies, 1, 1).unflatten(0, (copies, batch))
         for c, (r, s, p) in enumerate(patches):
             resid[c, :, slice(None) if p is None else p] += deltas[s][:, slice(None) if p is None else p]
-        return model(resid.flatten(0, 1), start_at_layer=layer)
+        resid = resid.flatten(0, 1)
+        if on_input is not None:
+            on_input(f"blocks.{layer - 1}.hook_resid_post", resid)
+        return model(resid, start_at_layer=layer)
     # Only block `layer` needs its own input per head (TransformerLens's split inputs cost n_heads times the
     # projections); the blocks after it run as usual.
     hooks = [(name, add(entries)) for name, entries in by_hook.items()]

@@ -6,6 +6,10 @@ sender u's corrupted output) - metric(clean run)``. EAP estimates it to first or
 run (Syed et al. 2023): ``(u_corrupted - u_clean) . d metric / d input_v``; EAP-IG averages that gradient over
 ``ig_steps`` points on the straight line between the clean and the corrupted input embeddings (Hanna et al. 2024),
 which helps where the gradient at the clean run is flat (a KL divergence to the clean run has zero gradient there).
+``"eap-ig-receivers"`` integrates along a path per receiver instead: only that receiver's input moves from clean to
+corrupted (all its edges at once), every other one stays clean. A receiver with one sender is then scored exactly (up
+to the quadrature), its own nonlinearity (LayerNorm, attention softmax, the metric at the logits) is integrated over,
+and only edges into the same receiver interact; it costs ``n_receivers * ig_steps`` copies instead of ``ig_steps``.
 """
 
 import collections.abc
@@ -16,13 +20,16 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mi_toolkit.analysis.circuits._engine import one_edge_logits, patched_logits, receiver_gradients, sender_outputs
+from mi_toolkit.analysis.circuits._engine import (_receiver_groups, one_edge_logits, patched_logits,
+                                                   receiver_gradients, sender_outputs)
 from mi_toolkit.analysis.circuits.graph import EdgeGraph, edge_graph
 from mi_toolkit.analysis.patching.targets import check_inputs
 from mi_toolkit.core.tl import HookedTransformer
 from mi_toolkit.core.types import Metric
 
-__all__ = ["EdgeScores", "edge_scores"]
+__all__ = ["METHODS", "EdgeScores", "edge_scores"]
+
+METHODS = ("exact", "eap", "eap-ig", "eap-ig-receivers")
 
 
 
@@ -83,13 +90,14 @@ def edge_scores(
         corrupted_tokens: the input whose sender outputs replace the clean ones on the removed edge; same shape.
         metric: logits -> scalar (from :mod:`mi_toolkit.analysis.metrics`, e.g. ``kl_to_clean`` or ``logit_diff``).
         method: ``"exact"`` (one patched copy of the batch per edge, many per forward pass), ``"eap"`` (one
-            corrupted forward, one clean forward and backward) or ``"eap-ig"`` (``ig_steps`` forward and backward
-            copies along the interpolation, as many per pass as ``max_rows`` allows).
+            corrupted forward, one clean forward and backward), ``"eap-ig"`` (``ig_steps`` forward and backward
+            copies along the interpolation of the input embeddings, as many per pass as ``max_rows`` allows) or
+            ``"eap-ig-receivers"`` (``ig_steps`` copies per receiver, each moving only that receiver's input).
         per_position: score each edge at each position separately (``tensor[r, s, pos]``).
         ig_steps: points of the EAP-IG path (midpoints of ``ig_steps`` equal segments).
-        max_rows: exact and EAP-IG: rows (copies x batch) per forward pass, which bounds memory (EAP-IG with
+        max_rows: exact and both EAP-IGs: rows (copies x batch) per forward pass, which bounds memory (EAP-IG with
             ``max_rows`` = batch holds one path point's activations and gradients at a time, as EAP does).
-        progress: exact only: a progress bar over forward passes.
+        progress: exact and eap-ig-receivers: a progress bar over forward passes.
 
     Returns:
         :class:`EdgeScores`.
@@ -97,8 +105,8 @@ def edge_scores(
     Raises:
         ValueError: mismatched or out-of-vocabulary tokens, an unknown method, an unsupported architecture.
     """
-    if method not in ("exact", "eap", "eap-ig"):
-        raise ValueError(f"method must be 'exact', 'eap' or 'eap-ig', got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
     if ig_steps < 1 or max_rows < 1:
         raise ValueError(f"ig_steps and max_rows must be >= 1; got {ig_steps} and {max_rows}")
     check_inputs(model, clean_tokens, corrupted_tokens, [], None)
@@ -117,6 +125,9 @@ def edge_scores(
     if method == "exact":
         scores = _exact(model, graph, clean_tokens, clean, corrupted, metric, base, per_position, max_rows,
                         progress)
+    elif method == "eap-ig-receivers":
+        scores = _receiver_paths(model, graph, clean_tokens, clean, corrupted, metric, ig_steps, per_position,
+                                 max_rows, progress)
     else:
         if method == "eap-ig":
             alphas = (torch.arange(ig_steps, device=clean.device, dtype=clean.dtype) + 0.5) / ig_steps
@@ -130,26 +141,86 @@ def edge_scores(
     return EdgeScores(graph, scores.detach(), method, base)
 
 
+def _receiver_paths(model, graph: EdgeGraph, tokens, clean, corrupted, metric, ig_steps, per_position, max_rows,
+                    progress) -> Tensor:
+    """EAP-IG along one path per receiver: copy ``(r, alpha)`` moves receiver ``r``'s input the fraction ``alpha``
+    towards its input with every edge into it removed (the other receivers read clean inputs), and the gradient at
+    that input, averaged over the ``ig_steps`` midpoints, is contracted with each sender's difference. Everything
+    upstream of ``r`` is clean, so each pass restarts at the receivers' block, as exact scores do."""
+    batch, n_pos = tokens.shape
+    deltas = (corrupted - clean).to(torch.promote_types(corrupted.dtype, torch.float32))
+    alphas = ((torch.arange(ig_steps) + 0.5) / ig_steps).tolist()
+    slots = {r: (name, rows.index(r), per_head) for name, rows, per_head in _receiver_groups(model, graph)
+             for r in rows}
+    starts = _restart_points(model, tokens)
+    valid = graph.valid.to(deltas.device, deltas.dtype)
+    copies = [(r, alpha) for r in valid.any(1).nonzero().flatten().tolist() for alpha in alphas]
+    chunks = _by_block(graph, copies, max(1, max_rows // batch))
+    scores = torch.zeros(*graph.valid.shape, *([n_pos] if per_position else []), device=deltas.device,
+                         dtype=deltas.dtype)
+    leaf = [("blocks.0.hook_resid_pre", lambda x, hook: x.detach().requires_grad_(True))]  # frozen weights too
+    for layer, chunk in tqdm(chunks, disable=not progress, desc="eap-ig-receivers", dynamic_ncols=True):
+        inputs: dict[str, Tensor] = {}
+        with torch.enable_grad():
+            if starts is None:  # the general engine, from the tokens
+                removed = torch.zeros(len(chunk), *graph.valid.shape, n_pos, device=deltas.device)
+                for c, (r, alpha) in enumerate(chunk):
+                    removed[c, r] = alpha
+                with model.hooks(fwd_hooks=leaf):
+                    logits = patched_logits(model, graph, tokens, removed, corrupted, inputs.__setitem__)
+            else:  # each copy's receiver reads alpha * (the sum of its senders' differences) more
+                weights = torch.stack([alpha * valid[r] for r, alpha in chunk])
+                moved = torch.einsum("cs,sbpd->cbpd", weights, deltas).to(starts[layer].dtype)
+                logits = one_edge_logits(model, graph, layer, starts[layer].detach().requires_grad_(True),
+                                         [(r, c, None) for c, (r, _) in enumerate(chunk)], moved,
+                                         inputs.__setitem__)
+            value = sum(metric(rows) for rows in logits.split(batch))
+            names = list(inputs)
+            grads = dict(zip(names, torch.autograd.grad(value, [inputs[n] for n in names], allow_unused=True)))
+        for c, (r, _) in enumerate(chunk):
+            name, slot, per_head = slots[r]
+            if grads[name] is None:  # the metric does not read this receiver
+                continue
+            grad = grads[name][c * batch : (c + 1) * batch]
+            grad = (grad[:, :, slot] if per_head else grad).to(deltas.dtype)  # (batch, pos, d_model)
+            scores[r] += torch.einsum("sbpd,bpd->s" + ("p" if per_position else ""), deltas, grad) / ig_steps
+    return scores * graph.valid.to(scores.device).reshape(*graph.valid.shape, *[1] * (scores.ndim - 2))
+
+
+def _restart_points(model, tokens) -> list[Tensor] | None:
+    """The clean residual stream entering each block, and the final one (where the logits read): where passes that
+    leave everything upstream of a block clean restart. None where a pass cannot restart (shortformer positions,
+    which attention re-reads; left padding, for which the full pass builds an attention mask)."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if (model.cfg.positional_embedding_type == "shortformer"
+            or getattr(tokenizer, "padding_side", "right") == "left"):
+        return None
+    n_layers = model.cfg.n_layers
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=names)
+    return [cache[name] for name in names]
+
+
+def _by_block(graph: EdgeGraph, items: list[tuple], per_pass: int) -> list[tuple[int, list[tuple]]]:
+    """``items`` (receiver first) in chunks of at most ``per_pass``, each chunk's receivers in one block
+    (``n_layers``: the logits), blocks in order."""
+    chunks = []
+    for layer in range(graph.n_layers + 1):
+        mine = [item for item in items if graph.receiver_layer[item[0]] == layer]
+        chunks += [(layer, mine[i : i + per_pass]) for i in range(0, len(mine), per_pass)]
+    return chunks
+
+
 @torch.no_grad()
 def _exact(model, graph: EdgeGraph, tokens, clean, corrupted, metric, base, per_position, max_rows, progress) -> Tensor:
     """One patched copy per edge (per position), grouped by the receiver's block so that each pass restarts there."""
     batch, n_pos = tokens.shape
-    n_layers = model.cfg.n_layers
-    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
-    _, cache = model.run_with_cache(tokens, names_filter=names)
-    starts = [cache[name] for name in names]
-    tokenizer = getattr(model, "tokenizer", None)
-    if (model.cfg.positional_embedding_type == "shortformer"  # attention re-reads the positions
-            or getattr(tokenizer, "padding_side", "right") == "left"):  # the full pass builds an attention mask
-        starts = None  # no restart: the general engine runs every copy from the tokens
+    starts = _restart_points(model, tokens)  # None: the general engine runs every copy from the tokens
     deltas = corrupted - clean
     edges = graph.valid.nonzero().tolist()  # receiver-major: receivers (and so blocks) in order
     patches = [(r, s, p) for r, s in edges for p in (range(n_pos) if per_position else [None])]
-    per_pass = max(1, max_rows // batch)
-    chunks = []
-    for layer in range(n_layers + 1):
-        mine = [patch for patch in patches if graph.receiver_layer[patch[0]] == layer]
-        chunks += [(layer, mine[i : i + per_pass]) for i in range(0, len(mine), per_pass)]
+    chunks = _by_block(graph, patches, max(1, max_rows // batch))
     scores = torch.zeros(*graph.valid.shape, *([n_pos] if per_position else []), device=corrupted.device,
                          dtype=torch.promote_types(corrupted.dtype, torch.float32))
     for layer, chunk in tqdm(chunks, disable=not progress, desc="exact edge scores", dynamic_ncols=True):
