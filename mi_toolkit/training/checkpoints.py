@@ -30,8 +30,9 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-_RESUMABLE = ("steps", "compile")
-"""Settings a run may resume under changed."""
+_RESUMABLE = ("steps", "compile", "autocast")
+"""Settings a run may resume under changed (the last two change only the rounding: a run may move to a machine whose
+``autocast="auto"`` means another precision)."""
 
 
 def check_resumable(run_dir: str | Path, config) -> dict | None:

@@ -86,11 +86,11 @@ OTHELLO = TrainConfig(steps=4000, lr=5e-3, weight_decay=0.01, betas=(0.9, 0.98),
                       log_every=250, checkpoint_every=500)
 """The 6x6 Othello-GPT (``mi-toolkit othello``), 256 fresh games a step, Muon for the weight matrices, bfloat16
 autocast where the device has bfloat16 arithmetic (``"auto"``; float32 elsewhere), compiled: 4,000 steps took
-473-505 s on 2 cores with AVX512-BF16 (the whole command 8.5-9 minutes); on an AVX2-only CPU, in float32, a step
-takes about 0.56 s (about 37 minutes for 4,000; emulated bfloat16 would take 10 s a step). Chosen by measurement
-(README, "Othello"): Muon at 0.04 reached AdamW's legal top-1 in half the steps (0.02 and 0.08 did no better); with AdamW, at
-equal games seen, lr 5e-3 beat 3e-3, 4 layers of d_model 128 beat 6 of 64 and matched 6 of 128 at 40% less time per
-step; 8 heads matched 4."""
+473-505 s on 2 cores with AVX512-BF16 (the whole command 8.5-9 minutes); on an AVX2-only CPU a compiled step takes
+0.56 s in float32 and 10.1 s in emulated bfloat16 (the whole command in float32: 41 minutes). Chosen by measurement
+(README, "Othello"): Muon at 0.04 reached AdamW's legal top-1 in half the steps (0.02 and 0.08 did no better); with
+AdamW, at equal games seen, lr 5e-3 beat 3e-3, 4 layers of d_model 128 beat 6 of 64 and matched 6 of 128 at 40% less
+time per step; 8 heads matched 4."""
 
 OTHELLO_TINY = OTHELLO.replace(steps=60, warmup_steps=10, compile=False, log_every=30, checkpoint_every=30)
 """The tiny preset, for tests."""

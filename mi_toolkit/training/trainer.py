@@ -89,7 +89,8 @@ class TrainConfig:
     stay float32); on CPUs with AVX512-BF16 about 1.3-1.9x faster steps for the Othello models. ``"auto"``: bfloat16
     where the device computes in it natively (:func:`~mi_toolkit.training.muon.native_bfloat16`: CUDA from compute
     capability 8.0, CPUs with AVX512-BF16 or AMX), float32 elsewhere: on an AVX2-only CPU, where PyTorch emulates
-    bfloat16, an Othello step took 13x as long as in float32 (``"bf16"`` there warns). None: float32."""
+    bfloat16, an Othello step took 13x as long as in float32 (``"bf16"`` there warns). None: float32. A run may
+    resume under another setting (only the rounding changes)."""
     compile: bool = False
     """Run the training forward and backward passes through ``torch.compile`` of the model's forward (evaluation
     stays eager): 1.6x faster bfloat16 steps for the Othello model on 2 CPU cores (``benchmarks/othello.py``) after

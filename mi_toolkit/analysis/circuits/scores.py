@@ -128,15 +128,15 @@ def edge_scores(
     elif method == "eap-ig-receivers":
         scores = _receiver_paths(model, graph, clean_tokens, clean, corrupted, metric, ig_steps, per_position,
                                  max_rows, progress)
-    else:
-        if method == "eap-ig":
-            alphas = (torch.arange(ig_steps, device=clean.device, dtype=clean.dtype) + 0.5) / ig_steps
-            path = clean[0] + alphas[:, None, None, None] * (corrupted[0] - clean[0])
-            per_pass = max(1, max_rows // batch)  # path points per forward and backward pass
-            delta = corrupted - clean
-            scores = sum(receiver_gradients(model, graph, clean_tokens, metric, embeddings=points, senders=False,
-                                            deltas=lambda _: delta, per_position=per_position).scores
-                         for points in path.split(per_pass)) / ig_steps
+    elif method == "eap-ig":
+        alphas = (torch.arange(ig_steps, device=clean.device, dtype=clean.dtype) + 0.5) / ig_steps
+        path = clean[0] + alphas[:, None, None, None] * (corrupted[0] - clean[0])
+        per_pass = max(1, max_rows // batch)  # path points per forward and backward pass
+        delta = corrupted - clean
+        scores = sum(receiver_gradients(model, graph, clean_tokens, metric, embeddings=points, senders=False,
+                                        deltas=lambda _: delta, per_position=per_position).scores
+                     for points in path.split(per_pass)) / ig_steps
+    if method != "exact":  # gradient estimates give every (receiver, sender) pair a number; keep the edges'
         scores = scores * graph.valid.to(scores.device).reshape(*graph.valid.shape, *[1] * (scores.ndim - 2))
     return EdgeScores(graph, scores.detach(), method, base)
 
@@ -161,19 +161,24 @@ def _receiver_paths(model, graph: EdgeGraph, tokens, clean, corrupted, metric, i
     leaf = [("blocks.0.hook_resid_pre", lambda x, hook: x.detach().requires_grad_(True))]  # frozen weights too
     for layer, chunk in tqdm(chunks, disable=not progress, desc="eap-ig-receivers", dynamic_ncols=True):
         inputs: dict[str, Tensor] = {}
+        wanted = {slots[r][0] for r, _ in chunk}  # the hooks of this chunk's receivers
+
+        def keep(name: str, x: Tensor) -> None:
+            if name in wanted:
+                inputs[name] = x
+
         with torch.enable_grad():
             if starts is None:  # the general engine, from the tokens
                 removed = torch.zeros(len(chunk), *graph.valid.shape, n_pos, device=deltas.device)
                 for c, (r, alpha) in enumerate(chunk):
                     removed[c, r] = alpha
                 with model.hooks(fwd_hooks=leaf):
-                    logits = patched_logits(model, graph, tokens, removed, corrupted, inputs.__setitem__)
+                    logits = patched_logits(model, graph, tokens, removed, corrupted, keep)
             else:  # each copy's receiver reads alpha * (the sum of its senders' differences) more
                 weights = torch.stack([alpha * valid[r] for r, alpha in chunk])
                 moved = torch.einsum("cs,sbpd->cbpd", weights, deltas).to(starts[layer].dtype)
                 logits = one_edge_logits(model, graph, layer, starts[layer].detach().requires_grad_(True),
-                                         [(r, c, None) for c, (r, _) in enumerate(chunk)], moved,
-                                         inputs.__setitem__)
+                                         [(r, c, None) for c, (r, _) in enumerate(chunk)], moved, keep)
             value = sum(metric(rows) for rows in logits.split(batch))
             names = list(inputs)
             grads = dict(zip(names, torch.autograd.grad(value, [inputs[n] for n in names], allow_unused=True)))
@@ -184,7 +189,7 @@ def _receiver_paths(model, graph: EdgeGraph, tokens, clean, corrupted, metric, i
             grad = grads[name][c * batch : (c + 1) * batch]
             grad = (grad[:, :, slot] if per_head else grad).to(deltas.dtype)  # (batch, pos, d_model)
             scores[r] += torch.einsum("sbpd,bpd->s" + ("p" if per_position else ""), deltas, grad) / ig_steps
-    return scores * graph.valid.to(scores.device).reshape(*graph.valid.shape, *[1] * (scores.ndim - 2))
+    return scores
 
 
 def _restart_points(model, tokens) -> list[Tensor] | None:
