@@ -236,10 +236,11 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
            measures, measures_every, stop, lr_scale, embedding_decay_scale) -> TrainResult:
     started = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
-    device_type = params[0].device.type if params else "cpu"
+    device = params[0].device if params else torch.device("cpu")
+    device_type = device.type
     if config.autocast == "bf16" and device_type not in ("cpu", "cuda"):
         raise ValueError(f"autocast={config.autocast!r} is supported on cpu and cuda, not {device_type}")
-    bfloat16 = _autocast_bfloat16(config.autocast, params[0].device if params else torch.device("cpu"))
+    bfloat16 = _autocast_bfloat16(config.autocast, device)
     embeddings = _embedding_parameters(model) if embedding_decay_scale is not None else []
     if embedding_decay_scale is not None and (config.optimizer == "muon" or not embeddings):
         raise ValueError("embedding_decay_scale needs the AdamW or Adam optimiser and a model with TransformerLens "
@@ -334,7 +335,7 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
         bar.close()
     precision = {"loss": "bfloat16" if bfloat16 else str(params[0].dtype if params else torch.float32)[6:]}
     if isinstance(optimizer, Muon):
-        precision["newton_schulz"] = str(optimizer.ns_dtype_on(params[0].device))[6:]
+        precision["newton_schulz"] = str(optimizer.ns_dtype_on(device))[6:]
     return TrainResult(history, done, stopping and done < config.steps, start or None, time.perf_counter() - started,
                        precision)
 

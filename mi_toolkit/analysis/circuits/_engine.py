@@ -164,12 +164,10 @@ def one_edge_logits(
     :func:`patched_logits`.
     """
     copies, batch = len(patches), len(start)
-    index = {name: rows for name, rows, _ in _receiver_groups(model, graph)}
-    by_hook: dict[str, list[tuple[int, int, int, int | None]]] = {}
+    by_hook: dict[str, list[tuple[int, int, int, int | None]]] = {}  # hook -> (copy, head or 0, sender, position)
     for c, (r, s, p) in enumerate(patches):
-        for name, rows in index.items():
-            if r in rows:
-                by_hook.setdefault(name, []).append((c, rows.index(r), s, p))
+        name, head = receiver_hook(graph, r)
+        by_hook.setdefault(name, []).append((c, head or 0, s, p))
 
     def add(entries):
         copy = torch.tensor([e[0] for e in entries], device=start.device)

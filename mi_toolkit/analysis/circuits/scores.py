@@ -20,8 +20,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mi_toolkit.analysis.circuits._engine import (_receiver_groups, one_edge_logits, patched_logits,
-                                                   receiver_gradients, sender_outputs)
+from mi_toolkit.analysis.circuits._engine import (one_edge_logits, patched_logits, receiver_gradients, receiver_hook,
+                                                   sender_outputs)
 from mi_toolkit.analysis.circuits.graph import EdgeGraph, edge_graph
 from mi_toolkit.analysis.patching.targets import check_inputs
 from mi_toolkit.core.tl import HookedTransformer
@@ -150,8 +150,6 @@ def _receiver_paths(model, graph: EdgeGraph, tokens, clean, corrupted, metric, i
     batch, n_pos = tokens.shape
     deltas = (corrupted - clean).to(torch.promote_types(corrupted.dtype, torch.float32))
     alphas = ((torch.arange(ig_steps) + 0.5) / ig_steps).tolist()
-    slots = {r: (name, rows.index(r), per_head) for name, rows, per_head in _receiver_groups(model, graph)
-             for r in rows}
     starts = _restart_points(model, tokens)
     valid = graph.valid.to(deltas.device, deltas.dtype)
     copies = [(r, alpha) for r in valid.any(1).nonzero().flatten().tolist() for alpha in alphas]
@@ -161,7 +159,7 @@ def _receiver_paths(model, graph: EdgeGraph, tokens, clean, corrupted, metric, i
     leaf = [("blocks.0.hook_resid_pre", lambda x, hook: x.detach().requires_grad_(True))]  # frozen weights too
     for layer, chunk in tqdm(chunks, disable=not progress, desc="eap-ig-receivers", dynamic_ncols=True):
         inputs: dict[str, Tensor] = {}
-        wanted = {slots[r][0] for r, _ in chunk}  # the hooks of this chunk's receivers
+        wanted = {receiver_hook(graph, r)[0] for r, _ in chunk}  # the hooks of this chunk's receivers
 
         def keep(name: str, x: Tensor) -> None:
             if name in wanted:
@@ -183,11 +181,11 @@ def _receiver_paths(model, graph: EdgeGraph, tokens, clean, corrupted, metric, i
             names = list(inputs)
             grads = dict(zip(names, torch.autograd.grad(value, [inputs[n] for n in names], allow_unused=True)))
         for c, (r, _) in enumerate(chunk):
-            name, slot, per_head = slots[r]
+            name, head = receiver_hook(graph, r)
             if grads[name] is None:  # the metric does not read this receiver
                 continue
             grad = grads[name][c * batch : (c + 1) * batch]
-            grad = (grad[:, :, slot] if per_head else grad).to(deltas.dtype)  # (batch, pos, d_model)
+            grad = (grad if head is None else grad[:, :, head]).to(deltas.dtype)  # (batch, pos, d_model)
             scores[r] += torch.einsum("sbpd,bpd->s" + ("p" if per_position else ""), deltas, grad) / ig_steps
     return scores
 
