@@ -6,10 +6,12 @@
    and on an untrained 4-layer model with MLPs and LayerNorm (1,519 edges). Peak extra resident memory of each
    method on the 4-layer model.
 2. Agreement with exact on those models: top-10 overlap, Spearman over all edges, and the largest gap between
-   the faithfulness curves of the top-n circuits (each estimate vs exact).
-3. ACDC on those models: time, forward passes, edges kept and the circuit's faithfulness, over thresholds.
+   the faithfulness curves of the top-n circuits (each estimate vs exact), for circuits of the n highest-|score|
+   edges and for circuits grown greedily from the logits (Hanna et al.).
+3. ACDC threshold sweeps on those models and on models trained here with other seeds (``--seeds``): time, forward
+   passes, edges kept and faithfulness at every threshold, and the smallest circuit with faithfulness >= 0.9.
 
-Usage: python benchmarks/circuits.py [--threads 2] [--repeats 3]
+Usage: python benchmarks/circuits.py [--threads 2] [--repeats 3] [--seeds 5]
 """
 
 import argparse
@@ -79,22 +81,31 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.corrcoef(torch.stack([rank(a), rank(b)]))[0, 1].item()
 
 
+INDUCTION_TAUS = [0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0]
+IOI_TAUS = [0.003, 0.01, 0.03, 0.1, 0.2]
+
+
+def induction_spec(run):
+    """(model, clean, corrupted, scoring metric, ACDC metric, thresholds) of an induction run: the loss on the
+    repeated half."""
+    clean, corrupted = run.task.patching_pair(16)
+    loss = mt.metrics.loss(clean, positions=run.task.repeat_positions)
+    return run.model, clean, corrupted, loss, loss, INDUCTION_TAUS
+
+
+def ioi_spec(run):
+    """The same for an IOI run: the logit difference, and for ACDC 1 - its normalised value (a distance)."""
+    clean, corrupted, answer, subject = run.task.patching_pair(32)
+    logit_diff = mt.metrics.logit_diff(answer, subject)
+    normalized = mt.metrics.normalized(logit_diff, run.model(clean), run.model(corrupted))
+    distance = mt.metrics.reads(-1)(lambda logits: 1 - normalized(logits))
+    return run.model, clean, corrupted, logit_diff, distance, IOI_TAUS
+
+
 def trained_models():
     """The shipped induction and IOI runs (``mt.load_packaged``): the same weights on every machine, where training
     them here would give each CPU's float rounding its own model."""
-    induction = mt.load_packaged("induction")
-    clean, corrupted = induction.task.patching_pair(16)
-    loss = mt.metrics.loss(clean, positions=induction.task.repeat_positions)
-    ioi = mt.load_packaged("ioi")
-    ioi_clean, ioi_corrupted, answer, subject = ioi.task.patching_pair(32)
-    logit_diff = mt.metrics.logit_diff(answer, subject)
-    normalized = mt.metrics.normalized(logit_diff, ioi.model(ioi_clean), ioi.model(ioi_corrupted))
-    distance = mt.metrics.reads(-1)(lambda logits: 1 - normalized(logits))
-    return {
-        # name: (model, clean, corrupted, scoring metric, ACDC metric, thresholds)
-        "induction": (induction.model, clean, corrupted, loss, loss, [0.1, 0.3, 1.0]),
-        "IOI": (ioi.model, ioi_clean, ioi_corrupted, logit_diff, distance, [0.01, 0.03, 0.1]),
-    }
+    return {"induction": induction_spec(mt.load_packaged("induction")), "IOI": ioi_spec(mt.load_packaged("ioi"))}
 
 
 def speed(name, model, clean, corrupted, metric, repeats):
@@ -116,6 +127,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=5, help="training seeds for the ACDC sweeps (seed 0 is the "
+                        "shipped model; IOI takes at most 3)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads")
@@ -146,29 +159,39 @@ def main():
     print("\n2. Agreement with exact edge scores")
     for name, (model, clean, corrupted, metric, *_rest) in models.items():
         exact = scores[name]["exact"]
-        curves = {m: circuits.faithfulness_curve(model, scores[name][m], clean, metric, N_CURVE,
-                                                 corrupted_tokens=corrupted) for m in circuits.METHODS}
-        for method in circuits.METHODS[1:]:
-            est = scores[name][method]
-            overlap = len(set(exact.top(10)) & set(est.top(10)))
-            gaps = [abs(a - b) for a, b in zip(curves[method].faithfulness, curves["exact"].faithfulness)]
-            rho = spearman(exact.flat(), est.flat())
-            print(f"{name:<10} {method:<16} top-10 overlap {overlap}/10  Spearman {rho:.3f}"
-                  f"  faithfulness curve gap vs exact: max {max(gaps):.3f}, mean {sum(gaps) / len(gaps):.3f}")
-        print(f"{'':<10} {'curve n =':<16} " + " ".join(f"{n:5d}" for n in N_CURVE))
-        for method, curve in curves.items():
-            print(f"{'':<10} {method:<16} " + " ".join(f"{f:5.2f}" for f in curve.faithfulness))
-        print(f"{'':<10} {'random':<16} " + " ".join(f"{f:5.2f}" for f in curves["exact"].random_mean))
+        for how in ("top", "greedy"):
+            curves = {m: circuits.faithfulness_curve(model, scores[name][m], clean, metric, N_CURVE,
+                                                     corrupted_tokens=corrupted, how=how) for m in circuits.METHODS}
+            print(f"{name}, circuits of the {'n highest-|score| edges' if how == 'top' else 'greedy n edges'}:")
+            for method in circuits.METHODS[1:]:
+                est = scores[name][method]
+                overlap = len(set(exact.top(10)) & set(est.top(10)))
+                gaps = [abs(a - b) for a, b in zip(curves[method].faithfulness, curves["exact"].faithfulness)]
+                rho = spearman(exact.flat(), est.flat())
+                print(f"{'':<10} {method:<16} top-10 overlap {overlap}/10  Spearman {rho:.3f}"
+                      f"  faithfulness curve gap vs exact: max {max(gaps):.3f}, mean {sum(gaps) / len(gaps):.3f}")
+            print(f"{'':<10} {'curve n =':<16} " + " ".join(f"{n:5d}" for n in N_CURVE))
+            for method, curve in curves.items():
+                print(f"{'':<10} {method:<16} " + " ".join(f"{f:5.2f}" for f in curve.faithfulness))
+            print(f"{'':<10} {'random':<16} " + " ".join(f"{f:5.2f}" for f in curves["exact"].random_mean))
 
-    print("\n3. ACDC")
-    for name, (model, clean, corrupted, metric, acdc_metric, thresholds) in models.items():
-        for tau in thresholds:
-            found = circuits.acdc(model, clean, corrupted, threshold=tau, metric=acdc_metric)
-            kept = found.circuit
-            faith = circuits.faithfulness(model, kept, clean, metric, "corrupted", corrupted)
-            print(f"{name:<10} tau {tau:<5} {found.seconds:6.2f} s  {found.forward_passes:3d} passes for "
-                  f"{found.edges_tested:3d} tests  edges {kept.n_edges}/{kept.graph.n_edges} "
-                  f"({kept.n_edges / kept.graph.n_edges:.0%})  faithfulness {faith:.3f}")
+    print("\n3. ACDC threshold sweeps (faithfulness under the ACDC metric: the loss for induction, 1 - normalised "
+          "logit difference for IOI, whose ratio equals the logit difference's)")
+    sweeps = {f"{name} (shipped)": spec for name, spec in models.items()}
+    for seed in range(1, args.seeds):
+        sweeps[f"induction seed {seed}"] = induction_spec(mt.train_induction_model(seed=seed, progress=False))
+    for seed in range(1, min(args.seeds, 3)):
+        sweeps[f"IOI seed {seed}"] = ioi_spec(mt.train_ioi_model(seed=seed, progress=False))
+    for name, (model, clean, corrupted, _metric, acdc_metric, thresholds) in sweeps.items():
+        sweep = circuits.acdc_sweep(model, clean, corrupted, thresholds, metric=acdc_metric)
+        for r in sweep.results:
+            print(f"{name:<18} tau {r.threshold:<5} {r.seconds:6.2f} s  {r.forward_passes:3d} passes for "
+                  f"{r.edges_tested:3d} tests  edges {r.circuit.n_edges:2d}/{r.circuit.graph.n_edges} "
+                  f"({r.edge_fraction:.0%})  faithfulness {r.faithfulness:.3f}")
+        best = sweep.smallest(0.9)
+        print(f"{name:<18} smallest circuit with faithfulness >= 0.9: " + (
+            f"tau {best.threshold}, {best.circuit.n_edges} edges ({best.edge_fraction:.1%}), {best.faithfulness:.3f}"
+            if best else "none") + "\n")
 
 
 if __name__ == "__main__":

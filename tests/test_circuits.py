@@ -225,6 +225,7 @@ from mi_toolkit.analysis.circuits import (  # noqa: E402
     Circuit,
     ablated_outputs,
     acdc,
+    acdc_sweep,
     evaluate_circuits,
     faithfulness,
     faithfulness_curve,
@@ -336,6 +337,34 @@ def test_acdc_batched_equals_the_sequential_loop(tiny_mlp_ln_model, pair, thresh
     assert result.forward_passes <= result.circuit.n_edges + len(result.circuit.graph.receivers) + 1
 
 
+def test_acdc_sweep_is_acdc_at_each_threshold(tiny_mlp_ln_model, pair):
+    model, (clean, corrupted) = tiny_mlp_ln_model, pair
+    metric = mt.metrics.kl_to_clean(model(clean))
+    thresholds = [0.1, 0.003, 0.02]
+    sweep = acdc_sweep(model, clean, corrupted, thresholds)
+    assert [r.threshold for r in sweep.results] == thresholds
+    for result in sweep.results:
+        alone = acdc(model, clean, corrupted, threshold=result.threshold)
+        assert torch.equal(result.circuit.mask, alone.circuit.mask)
+        assert result.faithfulness == pytest.approx(alone.faithfulness, abs=1e-6)
+        by_hand = faithfulness(model, result.circuit, clean, metric, "corrupted", corrupted)
+        assert result.faithfulness == pytest.approx(by_hand, abs=1e-4)
+    sizes = [r.circuit.n_edges for r in sweep.results]
+    assert sizes[1] >= sizes[2] >= sizes[0]  # a lower threshold removes fewer edges here
+    rows = sweep.table()
+    assert [row["edges"] for row in rows] == sizes and rows[0]["edge_fraction"] == sizes[0] / sweep.results[
+        0].circuit.graph.n_edges
+    reached = [r for r in sweep.results if r.faithfulness >= 0.5]
+    best = sweep.smallest(0.5)
+    assert best is not None and best.circuit.n_edges == min(r.circuit.n_edges for r in reached)
+    assert sweep.smallest(1.5) is None
+    fig = mt.plot.acdc_sweep({"tiny": sweep})
+    assert sorted(fig.data[0].x) == sorted(sizes) and len(fig.data) == 1
+    for bad in ([], [0.1, 0.0], [float("nan")]):
+        with pytest.raises(ValueError, match="threshold"):
+            acdc_sweep(model, clean, corrupted, bad)
+
+
 # --- the trained induction model: ACDC and causal scrubbing find its circuit ---
 
 from mi_toolkit.analysis.circuits import Hypothesis, causal_scrub, token_feature  # noqa: E402
@@ -405,6 +434,29 @@ def test_acdc_recovers_the_induction_circuit(trained_induction):
     # from the input and its output into the logits.
     assert any((p, f"{h}.k") in circuit for p in previous for h in induction)
     assert any((h, "logits") in circuit and ("input", f"{h}.v") in circuit for h in induction)
+
+
+def test_acdc_finds_a_small_faithful_circuit_in_the_shipped_models():
+    """The issue's target, on the shipped weights (the same on every machine): faithfulness >= 0.9 with <= 15% of
+    the edges, at one threshold per metric (tau 0.8 for the induction loss met it on the shipped model and on five
+    models trained with seeds 0-4; ``benchmarks/circuits.py``)."""
+    induction = mt.load_packaged("induction")
+    clean, corrupted = induction.task.patching_pair(16)
+    loss = mt.metrics.loss(clean, positions=induction.task.repeat_positions)
+    found = acdc(induction.model, clean, corrupted, threshold=0.8, metric=loss)
+    assert found.faithfulness >= 0.9 and found.edge_fraction <= 0.15
+    assert found.faithfulness == pytest.approx(
+        faithfulness(induction.model, found.circuit, clean, loss, "corrupted", corrupted), abs=1e-4)
+    ioi = mt.load_packaged("ioi")
+    clean, corrupted, answer, subject = ioi.task.patching_pair(32)
+    logit_diff = mt.metrics.logit_diff(answer, subject)
+    normalized = mt.metrics.normalized(logit_diff, ioi.model(clean), ioi.model(corrupted))
+    distance = mt.metrics.reads(-1)(lambda logits: 1 - normalized(logits))
+    found = acdc(ioi.model, clean, corrupted, threshold=0.03, metric=distance)
+    assert found.faithfulness >= 0.9 and found.edge_fraction <= 0.15
+    # 1 - normalised logit difference is affine in the logit difference: the same faithfulness.
+    assert found.faithfulness == pytest.approx(
+        faithfulness(ioi.model, found.circuit, clean, logit_diff, "corrupted", corrupted), abs=1e-4)
 
 
 # --- the symbolic IOI task, its run directory, the figures ---

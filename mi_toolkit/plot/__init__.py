@@ -4,7 +4,7 @@ Each submodule draws one area's results (``grokking``, ``patching``, ``sae``); t
 so a notebook reads ``result = mt.something(model, data)`` then ``mt.plot.something(result)``.
 """
 
-from mi_toolkit.plot.circuits import circuit_graph, edge_score_heatmap, faithfulness_curves
+from mi_toolkit.plot.circuits import acdc_sweep, circuit_graph, edge_score_heatmap, faithfulness_curves
 from mi_toolkit.plot.dashboard import feature_dashboard, feature_dashboard_html, feature_histogram
 from mi_toolkit.plot.facts import edit_scores, facts_training, knockout_curves, trace_heatmap
 from mi_toolkit.plot.grokking import (

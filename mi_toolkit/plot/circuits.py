@@ -1,9 +1,9 @@
-"""Figures for circuits: the circuit as a graph, faithfulness curves, edge-score heatmaps."""
+"""Figures for circuits: the circuit as a graph, faithfulness curves, edge-score heatmaps, ACDC threshold sweeps."""
 
 import plotly.graph_objects as go
 import torch
 
-__all__ = ["circuit_graph", "edge_score_heatmap", "faithfulness_curves"]
+__all__ = ["acdc_sweep", "circuit_graph", "edge_score_heatmap", "faithfulness_curves"]
 
 _KIND_COLOURS = {"q": "#1f77b4", "k": "#2ca02c", "v": "#d62728", "mlp": "#9467bd", "logits": "#444444"}
 
@@ -108,4 +108,34 @@ def edge_score_heatmap(scores, *, title: str | None = None) -> go.Figure:
     fig.update_layout(title=title or f"Edge scores ({scores.method})", xaxis_title="sender",
                       yaxis_title="receiver", yaxis=dict(autorange="reversed", dtick=1),
                       height=max(400, 16 * len(graph.receivers) + 150))
+    return fig
+
+
+def acdc_sweep(sweeps: dict, *, target: float | None = 0.9,
+               title: str = "ACDC: faithfulness against circuit size, by threshold") -> go.Figure:
+    """Each ACDC run of a sweep as a point (edges kept, faithfulness), labelled with its threshold and joined from
+    the largest threshold to the smallest, one line per sweep; a dotted line at ``target`` faithfulness.
+
+    Args:
+        sweeps: ``{label: ACDCSweep}`` (:func:`~mi_toolkit.analysis.circuits.acdc_sweep`), or one ``ACDCSweep``.
+        target: the faithfulness to mark (None: no line).
+        title: figure title.
+    """
+    sweeps = sweeps if isinstance(sweeps, dict) else {"ACDC": sweeps}
+    fig = go.Figure()
+    total = None
+    for i, (label, sweep) in enumerate(sweeps.items()):
+        rows = sorted(sweep.table(), key=lambda row: -row["threshold"])
+        total = sweep.results[0].circuit.graph.n_edges
+        fig.add_trace(go.Scatter(
+            x=[row["edges"] for row in rows], y=[row["faithfulness"] for row in rows], mode="lines+markers+text",
+            text=[f"τ={row['threshold']:g}" for row in rows], textposition="top left", name=label,
+            line=dict(color=["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd"][i % 5]),
+            customdata=[[row["threshold"], 100 * row["edge_fraction"]] for row in rows],
+            hovertemplate="τ=%{customdata[0]:g}: %{x} edges (%{customdata[1]:.0f}%), faithfulness %{y:.3f}"
+                          "<extra>" + label + "</extra>"))
+    if target is not None:
+        fig.add_hline(y=target, line=dict(color="grey", dash="dot"), annotation_text=f"faithfulness {target:g}",
+                      annotation_position="bottom right")
+    fig.update_layout(title=title, xaxis_title=f"edges kept (of {total})", yaxis_title="faithfulness", height=450)
     return fig

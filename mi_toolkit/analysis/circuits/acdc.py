@@ -7,9 +7,13 @@ circuit left by the tests before it. That is sequential, but it is batched here 
 tries removing the first 1, 2, 3, ... remaining edges cumulatively; every result up to and including the first
 edge that must stay is exactly what the sequential algorithm computes, so a receiver costs one pass per edge it
 keeps, plus one.
+
+``tau`` is a knob, and the published practice is to sweep it: :func:`acdc_sweep` runs ACDC at several thresholds on
+one set of ablated outputs and reports each circuit's size and faithfulness.
 """
 
 import dataclasses
+import math
 import time
 
 import torch
@@ -17,14 +21,14 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mi_toolkit.analysis.circuits.circuit import Circuit, ablated_outputs, evaluate_circuits
+from mi_toolkit.analysis.circuits.circuit import Circuit, ablated_outputs, distinct, evaluate_circuits
 from mi_toolkit.analysis.circuits.graph import edge_graph
 from mi_toolkit.analysis.metrics import kl_to_clean
 from mi_toolkit.analysis.patching.targets import check_inputs
 from mi_toolkit.core.tl import HookedTransformer
 from mi_toolkit.core.types import Metric
 
-__all__ = ["ACDCResult", "acdc"]
+__all__ = ["ACDCResult", "ACDCSweep", "acdc", "acdc_sweep"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +42,14 @@ class ACDCResult:
     forward_passes: int
     edges_tested: int
     seconds: float
+    faithfulness: float = math.nan
+    """``(m(circuit) - m(empty)) / (m(full) - m(empty))`` under ACDC's own metric and ablation (an affine metric, such
+    as 1 - normalised logit difference, gives the same ratio as the score it is built from); NaN where the full and
+    empty circuits' metrics are equal."""
+
+    @property
+    def edge_fraction(self) -> float:
+        return self.circuit.n_edges / self.circuit.graph.n_edges
 
 
 @torch.no_grad()
@@ -71,15 +83,30 @@ def acdc(
     Returns:
         :class:`ACDCResult`.
     """
-    if threshold <= 0:  # at 0 the dead-node shortcut would drop edges that sequential ACDC keeps
-        raise ValueError(f"threshold must be > 0, got {threshold}")
+    _check_threshold(threshold)
     check_inputs(model, clean_tokens, clean_tokens if corrupted_tokens is None else corrupted_tokens, [], None)
-    started = time.perf_counter()
+    graph, metric, ablated = _prepare(model, clean_tokens, corrupted_tokens, metric, ablation, seed)
+    return _acdc(model, graph, clean_tokens, metric, ablated, threshold, max_rows, progress)
+
+
+def _check_threshold(threshold: float) -> None:
+    if not threshold > 0:  # at 0 the dead-node shortcut would drop edges that sequential ACDC keeps
+        raise ValueError(f"threshold must be > 0, got {threshold}")
+
+
+def _prepare(model, clean_tokens, corrupted_tokens, metric, ablation, seed):
     graph = edge_graph(model)
     metric = kl_to_clean(model(clean_tokens)) if metric is None else metric
-    ablated = ablated_outputs(model, graph, clean_tokens, ablation, corrupted_tokens, seed=seed)
+    return graph, metric, ablated_outputs(model, graph, clean_tokens, ablation, corrupted_tokens, seed=seed)
+
+
+def _acdc(model, graph, clean_tokens, metric: Metric, ablated: Tensor, threshold: float, max_rows: int,
+          progress: bool) -> ACDCResult:
+    started = time.perf_counter()
     mask = graph.valid.clone()
-    current = evaluate_circuits(model, [Circuit(graph, mask)], clean_tokens, metric, ablated)[0].item()
+    full, empty = evaluate_circuits(model, [Circuit(graph, mask), Circuit(graph, torch.zeros_like(mask))],
+                                    clean_tokens, metric, ablated).tolist()
+    current = full
     passes, tested = 1, 0
     per_pass = max(1, max_rows // len(clean_tokens))
     order = list(range(len(graph.receivers)))[::-1]
@@ -107,5 +134,55 @@ def acdc(
                     break
             else:
                 pending = pending[len(values) :]
+    faithful = (current - empty) / (full - empty) if distinct(full, empty) else math.nan
     return ACDCResult(Circuit(graph, mask), threshold, current, passes, tested,
-                      round(time.perf_counter() - started, 3))
+                      round(time.perf_counter() - started, 3), faithful)
+
+
+@dataclasses.dataclass(frozen=True)
+class ACDCSweep:
+    """ACDC at several thresholds (:func:`acdc_sweep`), one :class:`ACDCResult` each, in the order given."""
+
+    results: list[ACDCResult]
+
+    def table(self) -> list[dict]:
+        """One row per threshold: ``threshold``, ``edges``, ``edge_fraction``, ``faithfulness``, ``forward_passes``,
+        ``seconds``."""
+        return [dict(threshold=r.threshold, edges=r.circuit.n_edges, edge_fraction=r.edge_fraction,
+                     faithfulness=r.faithfulness, forward_passes=r.forward_passes, seconds=r.seconds)
+                for r in self.results]
+
+    def smallest(self, faithfulness: float = 0.9) -> ACDCResult | None:
+        """The circuit with the fewest edges whose faithfulness is at least ``faithfulness`` (the more faithful of
+        equal sizes), or None where no threshold reached it."""
+        passing = [r for r in self.results if r.faithfulness >= faithfulness]
+        return min(passing, key=lambda r: (r.circuit.n_edges, -r.faithfulness), default=None)
+
+
+@torch.no_grad()
+def acdc_sweep(
+    model: HookedTransformer,
+    clean_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "batch pos"] | None = None,
+    thresholds: list[float] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
+    *,
+    metric: Metric | None = None,
+    ablation: str = "corrupted",
+    max_rows: int = 1024,
+    seed: int = 0,
+    progress: bool = False,
+) -> ACDCSweep:
+    """:func:`acdc` at each of ``thresholds`` (the other arguments as there), the senders' ablated outputs computed
+    once. Each result carries its circuit's faithfulness; ``sweep.smallest(0.9)`` is the smallest circuit that
+    reaches 0.9, ``sweep.table()`` every run, and :func:`mi_toolkit.plot.acdc_sweep` plots faithfulness against
+    the edges kept.
+    """
+    thresholds = list(thresholds)
+    if not thresholds:
+        raise ValueError("no thresholds given")
+    for threshold in thresholds:
+        _check_threshold(threshold)
+    check_inputs(model, clean_tokens, clean_tokens if corrupted_tokens is None else corrupted_tokens, [], None)
+    graph, metric, ablated = _prepare(model, clean_tokens, corrupted_tokens, metric, ablation, seed)
+    runs = tqdm(thresholds, disable=not progress, desc="ACDC sweep", dynamic_ncols=True)
+    return ACDCSweep([_acdc(model, graph, clean_tokens, metric, ablated, t, max_rows, False) for t in runs])

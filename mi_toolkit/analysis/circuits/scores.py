@@ -27,9 +27,11 @@ from mi_toolkit.analysis.patching.targets import check_inputs
 from mi_toolkit.core.tl import HookedTransformer
 from mi_toolkit.core.types import Metric
 
-__all__ = ["METHODS", "EdgeScores", "edge_scores"]
+__all__ = ["DEFAULT_ROWS", "METHODS", "EdgeScores", "edge_scores"]
 
 METHODS = ("exact", "eap", "eap-ig", "eap-ig-receivers")
+DEFAULT_ROWS = {"exact": 256, "eap": 256, "eap-ig": 256, "eap-ig-receivers": 64}
+"""``edge_scores``' rows (copies x batch) per forward pass where ``max_rows`` is None (EAP has one pass)."""
 
 
 
@@ -79,7 +81,7 @@ def edge_scores(
     *,
     per_position: bool = False,
     ig_steps: int = 5,
-    max_rows: int = 256,
+    max_rows: int | None = None,
     progress: bool = False,
 ) -> EdgeScores:
     """Score every edge of ``model``'s graph (:func:`~mi_toolkit.analysis.circuits.edge_graph`).
@@ -96,7 +98,10 @@ def edge_scores(
         per_position: score each edge at each position separately (``tensor[r, s, pos]``).
         ig_steps: points of the EAP-IG path (midpoints of ``ig_steps`` equal segments).
         max_rows: exact and both EAP-IGs: rows (copies x batch) per forward pass, which bounds memory (EAP-IG with
-            ``max_rows`` = batch holds one path point's activations and gradients at a time, as EAP does).
+            ``max_rows`` = batch holds one path point's activations and gradients at a time, as EAP does). None:
+            ``DEFAULT_ROWS[method]``, 256, or 64 for eap-ig-receivers, whose passes also keep their blocks for the
+            backward pass (a 4-layer model with MLPs, 8 sequences: 947 MB of peak extra memory at 256 rows, 293 MB
+            at 64 for 11% more time; ``benchmarks/circuits.py``).
         progress: exact and eap-ig-receivers: a progress bar over forward passes.
 
     Returns:
@@ -107,9 +112,10 @@ def edge_scores(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
-    if ig_steps < 1 or max_rows < 1:
+    if ig_steps < 1 or (max_rows is not None and max_rows < 1):
         raise ValueError(f"ig_steps and max_rows must be >= 1; got {ig_steps} and {max_rows}")
     check_inputs(model, clean_tokens, corrupted_tokens, [], None)
+    max_rows = DEFAULT_ROWS[method] if max_rows is None else max_rows
     graph = edge_graph(model)
     batch = len(clean_tokens)
     if method == "eap":  # one batched forward pass (clean with gradient, corrupted without) and one backward
