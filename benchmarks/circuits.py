@@ -183,7 +183,7 @@ def main():
     for seed in range(1, min(args.seeds, 3)):
         sweeps[f"IOI seed {seed}"] = ioi_spec(mt.train_ioi_model(seed=seed, progress=False))
     for name, (model, clean, corrupted, _metric, acdc_metric, thresholds) in sweeps.items():
-        sweep = circuits.acdc_sweep(model, clean, corrupted, thresholds, metric=acdc_metric)
+        sweep = circuits.acdc_sweep(model, clean, corrupted, thresholds=thresholds, metric=acdc_metric)
         for r in sweep.results:
             print(f"{name:<18} tau {r.threshold:<5} {r.seconds:6.2f} s  {r.forward_passes:3d} passes for "
                   f"{r.edges_tested:3d} tests  edges {r.circuit.n_edges:2d}/{r.circuit.graph.n_edges} "

@@ -1,6 +1,8 @@
 """Edge graph, edge scores and circuits against hand-written TransformerLens hook loops."""
 
 import dataclasses
+import importlib
+import math
 
 import pytest
 import torch
@@ -8,6 +10,9 @@ import torch
 import mi_toolkit as mt
 from mi_toolkit.analysis.circuits import edge_graph, edge_scores
 from mi_toolkit.analysis.circuits._engine import patched_logits, sender_outputs
+
+acdc_module = importlib.import_module("mi_toolkit.analysis.circuits.acdc")  # the package's ``acdc`` is the function
+scores_module = importlib.import_module("mi_toolkit.analysis.circuits.scores")
 
 
 def _senders_by_hand(model, tokens):
@@ -222,6 +227,8 @@ def test_bad_inputs_are_refused_before_work(tiny_mlp_ln_model, tiny_tokens):
 # --- circuits, faithfulness, ACDC ---
 
 from mi_toolkit.analysis.circuits import (  # noqa: E402
+    DEFAULT_ROWS,
+    ACDCSweep,
     Circuit,
     ablated_outputs,
     acdc,
@@ -337,11 +344,15 @@ def test_acdc_batched_equals_the_sequential_loop(tiny_mlp_ln_model, pair, thresh
     assert result.forward_passes <= result.circuit.n_edges + len(result.circuit.graph.receivers) + 1
 
 
-def test_acdc_sweep_is_acdc_at_each_threshold(tiny_mlp_ln_model, pair):
+def test_acdc_sweep_is_acdc_at_each_threshold(tiny_mlp_ln_model, pair, monkeypatch):
     model, (clean, corrupted) = tiny_mlp_ln_model, pair
     metric = mt.metrics.kl_to_clean(model(clean))
     thresholds = [0.1, 0.003, 0.02]
-    sweep = acdc_sweep(model, clean, corrupted, thresholds)
+    calls = []
+    counted = lambda *args, **kwargs: calls.append(1) or ablated_outputs(*args, **kwargs)  # noqa: E731
+    monkeypatch.setattr(acdc_module, "ablated_outputs", counted)
+    sweep = acdc_sweep(model, clean, corrupted, thresholds=thresholds)
+    assert len(calls) == 1  # the ablated outputs are computed once for every threshold
     assert [r.threshold for r in sweep.results] == thresholds
     for result in sweep.results:
         alone = acdc(model, clean, corrupted, threshold=result.threshold)
@@ -350,19 +361,58 @@ def test_acdc_sweep_is_acdc_at_each_threshold(tiny_mlp_ln_model, pair):
         by_hand = faithfulness(model, result.circuit, clean, metric, "corrupted", corrupted)
         assert result.faithfulness == pytest.approx(by_hand, abs=1e-4)
     sizes = [r.circuit.n_edges for r in sweep.results]
-    assert sizes[1] >= sizes[2] >= sizes[0]  # a lower threshold removes fewer edges here
+    assert len(set(sizes)) == 3
     rows = sweep.table()
-    assert [row["edges"] for row in rows] == sizes and rows[0]["edge_fraction"] == sizes[0] / sweep.results[
-        0].circuit.graph.n_edges
-    reached = [r for r in sweep.results if r.faithfulness >= 0.5]
-    best = sweep.smallest(0.5)
-    assert best is not None and best.circuit.n_edges == min(r.circuit.n_edges for r in reached)
-    assert sweep.smallest(1.5) is None
+    assert [row["edges"] for row in rows] == sizes
+    assert [row["edge_fraction"] for row in rows] == [n / sweep.results[0].circuit.graph.n_edges for n in sizes]
     fig = mt.plot.acdc_sweep({"tiny": sweep})
     assert sorted(fig.data[0].x) == sorted(sizes) and len(fig.data) == 1
+
+
+def test_acdc_sweep_picks_the_smallest_faithful_circuit(tiny_mlp_ln_model, pair):
+    model, (clean, corrupted) = tiny_mlp_ln_model, pair
+    base = acdc(model, clean, corrupted, threshold=0.02)
+    small, large = base.circuit, Circuit.full(base.circuit.graph)
+
+    def result(circuit, value):
+        return dataclasses.replace(base, circuit=circuit, faithfulness=value)
+
+    sweep = ACDCSweep([result(large, 0.99), result(small, 1.30), result(small, 0.93), result(small, 0.80)])
+    assert sweep.smallest(0.9) is sweep.results[2]  # of equal sizes, the one closest to 1 (1.30 overshoots)
+    assert sweep.smallest(0.95) is sweep.results[1]
+    assert sweep.smallest(1.5) is None
+    with pytest.raises(ValueError, match="finite"):
+        sweep.smallest(float("nan"))
     for bad in ([], [0.1, 0.0], [float("nan")]):
         with pytest.raises(ValueError, match="threshold"):
-            acdc_sweep(model, clean, corrupted, bad)
+            acdc_sweep(model, clean, corrupted, thresholds=bad)
+
+
+def test_acdc_says_when_faithfulness_is_undefined(tiny_mlp_ln_model, pair):
+    model, (clean, _) = tiny_mlp_ln_model, pair
+    with pytest.warns(UserWarning, match="undefined"):
+        sweep = acdc_sweep(model, clean, clean, thresholds=[0.01])  # corrupted = clean: every circuit is the model
+    assert math.isnan(sweep.results[0].faithfulness) and sweep.smallest(0.5) is None
+    assert len(mt.plot.acdc_sweep(sweep).data) == 1
+
+
+def test_edge_scores_take_the_default_rows_of_their_method(tiny_mlp_ln_model, pair, monkeypatch):
+    model, (clean, corrupted) = tiny_mlp_ln_model, pair
+    metric = mt.metrics.logit_diff(clean[:, -1], corrupted[:, -1])
+    seen = {}
+    for name in ("_exact", "_receiver_paths"):
+        original = getattr(scores_module, name)
+
+        def spy(*args, original=original, name=name):
+            seen[name] = args[-2]  # max_rows, before progress
+            return original(*args)
+
+        monkeypatch.setattr(scores_module, name, spy)
+    edge_scores(model, clean, corrupted, metric, "exact")
+    edge_scores(model, clean, corrupted, metric, "eap-ig-receivers")
+    assert seen == {"_exact": DEFAULT_ROWS["exact"], "_receiver_paths": DEFAULT_ROWS["eap-ig-receivers"]}
+    edge_scores(model, clean, corrupted, metric, "eap-ig-receivers", max_rows=12)
+    assert seen["_receiver_paths"] == 12
 
 
 # --- the trained induction model: ACDC and causal scrubbing find its circuit ---
@@ -437,9 +487,10 @@ def test_acdc_recovers_the_induction_circuit(trained_induction):
 
 
 def test_acdc_finds_a_small_faithful_circuit_in_the_shipped_models():
-    """The issue's target, on the shipped weights (the same on every machine): faithfulness >= 0.9 with <= 15% of
-    the edges, at one threshold per metric (tau 0.8 for the induction loss met it on the shipped model and on five
-    models trained with seeds 0-4; ``benchmarks/circuits.py``)."""
+    """The issue's target on the shipped weights (the same on every machine): faithfulness >= 0.9 with <= 15% of the
+    edges, at one threshold per metric. A regression check: tau 0.8 was chosen from the sweeps of
+    ``benchmarks/circuits.py``, where it met the target on the shipped induction model and on four more trained with
+    seeds 1-4 (9-12 of 81 edges, faithfulness 0.916-0.988)."""
     induction = mt.load_packaged("induction")
     clean, corrupted = induction.task.patching_pair(16)
     loss = mt.metrics.loss(clean, positions=induction.task.repeat_positions)

@@ -3,8 +3,11 @@
 import plotly.graph_objects as go
 import torch
 
+from mi_toolkit.analysis.circuits.acdc import ACDCSweep
+
 __all__ = ["acdc_sweep", "circuit_graph", "edge_score_heatmap", "faithfulness_curves"]
 
+_LINE_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd"]
 _KIND_COLOURS = {"q": "#1f77b4", "k": "#2ca02c", "v": "#d62728", "mlp": "#9467bd", "logits": "#444444"}
 
 
@@ -72,7 +75,7 @@ def faithfulness_curves(curves: dict, *, title: str = "Faithfulness of top-n cir
     """
     fig = go.Figure()
     for i, (label, curve) in enumerate(curves.items()):
-        colour = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd"][i % 5]
+        colour = _LINE_COLOURS[i % len(_LINE_COLOURS)]
         x = curve.n_edges
         fig.add_trace(go.Scatter(x=x + x[::-1], y=curve.high + curve.low[::-1], fill="toself", fillcolor=colour,
                                  opacity=0.15, line=dict(width=0), hoverinfo="skip", showlegend=False))
@@ -111,7 +114,7 @@ def edge_score_heatmap(scores, *, title: str | None = None) -> go.Figure:
     return fig
 
 
-def acdc_sweep(sweeps: dict, *, target: float | None = 0.9,
+def acdc_sweep(sweeps: dict[str, ACDCSweep] | ACDCSweep, *, target: float | None = 0.9,
                title: str = "ACDC: faithfulness against circuit size, by threshold") -> go.Figure:
     """Each ACDC run of a sweep as a point (edges kept, faithfulness), labelled with its threshold and joined from
     the largest threshold to the smallest, one line per sweep; a dotted line at ``target`` faithfulness.
@@ -121,21 +124,23 @@ def acdc_sweep(sweeps: dict, *, target: float | None = 0.9,
         target: the faithfulness to mark (None: no line).
         title: figure title.
     """
-    sweeps = sweeps if isinstance(sweeps, dict) else {"ACDC": sweeps}
+    sweeps = {"ACDC": sweeps} if isinstance(sweeps, ACDCSweep) else sweeps
+    if not sweeps:
+        raise ValueError("no sweeps given")
     fig = go.Figure()
-    total = None
     for i, (label, sweep) in enumerate(sweeps.items()):
         rows = sorted(sweep.table(), key=lambda row: -row["threshold"])
-        total = sweep.results[0].circuit.graph.n_edges
         fig.add_trace(go.Scatter(
             x=[row["edges"] for row in rows], y=[row["faithfulness"] for row in rows], mode="lines+markers+text",
             text=[f"τ={row['threshold']:g}" for row in rows], textposition="top left", name=label,
-            line=dict(color=["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd"][i % 5]),
+            line=dict(color=_LINE_COLOURS[i % len(_LINE_COLOURS)]),
             customdata=[[row["threshold"], 100 * row["edge_fraction"]] for row in rows],
             hovertemplate="τ=%{customdata[0]:g}: %{x} edges (%{customdata[1]:.0f}%), faithfulness %{y:.3f}"
                           "<extra>" + label + "</extra>"))
     if target is not None:
         fig.add_hline(y=target, line=dict(color="grey", dash="dot"), annotation_text=f"faithfulness {target:g}",
                       annotation_position="bottom right")
-    fig.update_layout(title=title, xaxis_title=f"edges kept (of {total})", yaxis_title="faithfulness", height=450)
+    totals = {r.circuit.graph.n_edges for sweep in sweeps.values() for r in sweep.results}
+    of = f" (of {totals.pop()})" if len(totals) == 1 else ""
+    fig.update_layout(title=title, xaxis_title=f"edges kept{of}", yaxis_title="faithfulness", height=450)
     return fig

@@ -10,7 +10,7 @@ Typical use (tutorial 06 runs it on the induction and IOI models)::
     scores = mt.circuits.edge_scores(model, clean, corrupted, metric, method="eap-ig")
     curve = mt.circuits.faithfulness_curve(model, scores, clean, metric, [5, 10, 20], corrupted_tokens=corrupted)
     found = mt.circuits.acdc(model, clean, corrupted, threshold=0.01)
-    sweep = mt.circuits.acdc_sweep(model, clean, corrupted, [0.01, 0.1, 1.0]); sweep.smallest(0.9)
+    sweep = mt.circuits.acdc_sweep(model, clean, corrupted, thresholds=[0.01, 0.1, 1.0]); sweep.smallest(0.9)
 """
 
 from mi_toolkit.analysis.circuits.acdc import ACDCResult, ACDCSweep, acdc, acdc_sweep
@@ -25,11 +25,11 @@ from mi_toolkit.analysis.circuits.circuit import (
     roc_auc,
 )
 from mi_toolkit.analysis.circuits.graph import EdgeGraph, edge_graph
-from mi_toolkit.analysis.circuits.scores import METHODS, EdgeScores, edge_scores
+from mi_toolkit.analysis.circuits.scores import DEFAULT_ROWS, METHODS, EdgeScores, edge_scores
 from mi_toolkit.analysis.circuits.scrubbing import Hypothesis, ScrubResult, causal_scrub, token_feature
 
 __all__ = [
-    "ABLATIONS", "ACDCResult", "ACDCSweep", "Circuit", "EdgeGraph", "EdgeScores", "FaithfulnessCurve", "METHODS",
-    "ablated_outputs", "acdc", "acdc_sweep", "Hypothesis", "ScrubResult", "causal_scrub", "edge_graph", "edge_scores",
-    "evaluate_circuits", "faithfulness", "faithfulness_curve", "roc_auc", "token_feature",
+    "ABLATIONS", "ACDCResult", "ACDCSweep", "Circuit", "DEFAULT_ROWS", "EdgeGraph", "EdgeScores", "FaithfulnessCurve",
+    "METHODS", "ablated_outputs", "acdc", "acdc_sweep", "Hypothesis", "ScrubResult", "causal_scrub", "edge_graph",
+    "edge_scores", "evaluate_circuits", "faithfulness", "faithfulness_curve", "roc_auc", "token_feature",
 ]

@@ -15,13 +15,15 @@ one set of ablated outputs and reports each circuit's size and faithfulness.
 import dataclasses
 import math
 import time
+import warnings
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mi_toolkit.analysis.circuits.circuit import Circuit, ablated_outputs, distinct, evaluate_circuits
+from mi_toolkit.analysis.circuits.circuit import Circuit, _distinct, ablated_outputs, evaluate_circuits
 from mi_toolkit.analysis.circuits.graph import edge_graph
 from mi_toolkit.analysis.metrics import kl_to_clean
 from mi_toolkit.analysis.patching.targets import check_inputs
@@ -42,6 +44,8 @@ class ACDCResult:
     forward_passes: int
     edges_tested: int
     seconds: float
+    """Wall time of the run (:func:`acdc`: with the clean run and the ablated outputs; in a sweep, shared by its
+    runs, those are not counted)."""
     faithfulness: float = math.nan
     """``(m(circuit) - m(empty)) / (m(full) - m(empty))`` under ACDC's own metric and ablation (an affine metric, such
     as 1 - normalised logit difference, gives the same ratio as the score it is built from); NaN where the full and
@@ -85,8 +89,9 @@ def acdc(
     """
     _check_threshold(threshold)
     check_inputs(model, clean_tokens, clean_tokens if corrupted_tokens is None else corrupted_tokens, [], None)
+    started = time.perf_counter()
     graph, metric, ablated = _prepare(model, clean_tokens, corrupted_tokens, metric, ablation, seed)
-    return _acdc(model, graph, clean_tokens, metric, ablated, threshold, max_rows, progress)
+    return _acdc(model, graph, clean_tokens, metric, ablated, threshold, max_rows, progress, started)
 
 
 def _check_threshold(threshold: float) -> None:
@@ -101,14 +106,14 @@ def _prepare(model, clean_tokens, corrupted_tokens, metric, ablation, seed):
 
 
 def _acdc(model, graph, clean_tokens, metric: Metric, ablated: Tensor, threshold: float, max_rows: int,
-          progress: bool) -> ACDCResult:
-    started = time.perf_counter()
+          progress: bool, started: float | None = None) -> ACDCResult:
+    started = time.perf_counter() if started is None else started
+    per_pass = max(1, max_rows // len(clean_tokens))
     mask = graph.valid.clone()
     full, empty = evaluate_circuits(model, [Circuit(graph, mask), Circuit(graph, torch.zeros_like(mask))],
-                                    clean_tokens, metric, ablated).tolist()
+                                    clean_tokens, metric, ablated, max_rows=max_rows).tolist()
     current = full
-    passes, tested = 1, 0
-    per_pass = max(1, max_rows // len(clean_tokens))
+    passes, tested = (1 if per_pass > 1 else 2), 0
     order = list(range(len(graph.receivers)))[::-1]
     for r in tqdm(order, disable=not progress, desc="ACDC", dynamic_ncols=True):
         node = graph.node_of_receiver(r)
@@ -134,7 +139,12 @@ def _acdc(model, graph, clean_tokens, metric: Metric, ablated: Tensor, threshold
                     break
             else:
                 pending = pending[len(values) :]
-    faithful = (current - empty) / (full - empty) if distinct(full, empty) else math.nan
+    faithful = math.nan
+    if _distinct(full, empty):
+        faithful = (current - empty) / (full - empty)
+    else:
+        warnings.warn(f"ACDC: the metric is {full} with every edge and {empty} with none, so the circuit's "
+                      "faithfulness is undefined (NaN); choose inputs or a metric that tell them apart", stacklevel=3)
     return ACDCResult(Circuit(graph, mask), threshold, current, passes, tested,
                       round(time.perf_counter() - started, 3), faithful)
 
@@ -153,10 +163,12 @@ class ACDCSweep:
                 for r in self.results]
 
     def smallest(self, faithfulness: float = 0.9) -> ACDCResult | None:
-        """The circuit with the fewest edges whose faithfulness is at least ``faithfulness`` (the more faithful of
-        equal sizes), or None where no threshold reached it."""
+        """The circuit with the fewest edges whose faithfulness is at least ``faithfulness``; of equal sizes the one
+        closest to 1 (above 1 a circuit overshoots the full model); None where no threshold reached it."""
+        if not math.isfinite(faithfulness):
+            raise ValueError(f"faithfulness must be a finite number, got {faithfulness}")
         passing = [r for r in self.results if r.faithfulness >= faithfulness]
-        return min(passing, key=lambda r: (r.circuit.n_edges, -r.faithfulness), default=None)
+        return min(passing, key=lambda r: (r.circuit.n_edges, abs(1 - r.faithfulness)), default=None)
 
 
 @torch.no_grad()
@@ -164,16 +176,16 @@ def acdc_sweep(
     model: HookedTransformer,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupted_tokens: Int[Tensor, "batch pos"] | None = None,
-    thresholds: list[float] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
     *,
+    thresholds: Sequence[float] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
     metric: Metric | None = None,
     ablation: str = "corrupted",
     max_rows: int = 1024,
     seed: int = 0,
     progress: bool = False,
 ) -> ACDCSweep:
-    """:func:`acdc` at each of ``thresholds`` (the other arguments as there), the senders' ablated outputs computed
-    once. Each result carries its circuit's faithfulness; ``sweep.smallest(0.9)`` is the smallest circuit that
+    """:func:`acdc` at each of ``thresholds`` (tau; the other arguments as there), the senders' ablated outputs
+    computed once. Each result carries its circuit's faithfulness; ``sweep.smallest(0.9)`` is the smallest circuit that
     reaches 0.9, ``sweep.table()`` every run, and :func:`mi_toolkit.plot.acdc_sweep` plots faithfulness against
     the edges kept.
     """

@@ -178,14 +178,14 @@ def faithfulness(
     return (m_c - m_empty) / (m_full - m_empty)
 
 
-def distinct(full: float, empty: float) -> bool:
+def _distinct(full: float, empty: float) -> bool:
     """Whether the full and empty circuits' metrics differ by more than float32 rounding of the same run, so that
     faithfulness is defined."""
     return abs(full - empty) > 1e-5 * max(1.0, abs(full))
 
 
 def _check_spread(full: float, empty: float, ablation: str) -> None:
-    if not distinct(full, empty):
+    if not _distinct(full, empty):
         raise ValueError(f"the metric is {full} with every edge and {empty} with none ({ablation} ablation): "
                          "faithfulness is undefined; choose inputs or a metric that tell them apart")
 

@@ -100,8 +100,8 @@ def edge_scores(
         max_rows: exact and both EAP-IGs: rows (copies x batch) per forward pass, which bounds memory (EAP-IG with
             ``max_rows`` = batch holds one path point's activations and gradients at a time, as EAP does). None:
             ``DEFAULT_ROWS[method]``, 256, or 64 for eap-ig-receivers, whose passes also keep their blocks for the
-            backward pass (a 4-layer model with MLPs, 8 sequences: 947 MB of peak extra memory at 256 rows, 293 MB
-            at 64 for 11% more time; ``benchmarks/circuits.py``).
+            backward pass (a 4-layer model with MLPs, 8 sequences: 947 MB of peak extra memory at 256 rows,
+            256-293 MB at 64 for about 11% more time; ``benchmarks/circuits.py``).
         progress: exact and eap-ig-receivers: a progress bar over forward passes.
 
     Returns:
