@@ -8,6 +8,7 @@ import mi_toolkit as mt
 from mi_toolkit.analysis.edits import edit_scores, summarise_scores
 from mi_toolkit.interventions.editing import memit, rome, second_moments
 from mi_toolkit.interventions.rank_one import WeightEdit, memit_update, rank_one_update
+from mi_toolkit.tasks.facts import PAD
 
 
 def _problem(seed: int, d_mlp: int = 12, d_model: int = 5, n_keys: int = 200):
@@ -106,6 +107,21 @@ def fact_setup(shipped_fact_run):
     """The shipped fact model, its task, its traced MLP layer (0: README, "Facts") and ``E[k k^T]`` of layers 0-1."""
     model, run = shipped_fact_run
     return model, run.task, 0, second_moments(model, run.task, [0, 1], n_batches=4)
+
+
+def test_second_moments_match_a_hand_computation(fact_setup):
+    """One forward pass per batch for every layer (``key_second_moment`` with several layers) gives each layer's
+    ``E[k k^T]`` over the non-padding positions, as a plain cache of ``hook_post`` does."""
+    model, task, _, C = fact_setup
+    assert sorted(C) == [0, 1]
+    tokens = torch.cat([task.train_batch(1_000_000 + i)[0] for i in range(4)])
+    _, cache = model.run_with_cache(tokens)
+    keep = tokens != PAD
+    for layer in (0, 1):
+        keys = cache[f"blocks.{layer}.mlp.hook_post"][keep].double()
+        assert C[layer].dtype == torch.float64
+        torch.testing.assert_close(C[layer], keys.T @ keys / len(keys), rtol=1e-5, atol=1e-9)
+    assert torch.equal(second_moments(model, task, [1], n_batches=4)[1], C[1])  # alone, the same numbers
 
 
 def test_edit_scores_match_a_hand_computation(fact_setup):

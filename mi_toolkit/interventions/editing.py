@@ -219,7 +219,7 @@ def second_moments(model: HookedTransformer, task: FactTask, layers: Sequence[in
     """``E[k k^T]`` of each layer's MLP keys over ``n_batches`` of the task's training distribution (every
     non-padding position), from step ``first_step`` on (batches the model did not see when trained for fewer)."""
     batches = [task.train_batch(first_step + i)[0].to(model.W_E.device) for i in range(n_batches)]
-    return {layer: key_second_moment(model, layer, [(b, b != PAD) for b in batches]) for layer in layers}
+    return key_second_moment(model, list(layers), [(b, b != PAD) for b in batches])  # one pass per batch
 
 
 def _check(model: HookedTransformer, kb: KnowledgeBase, records, layers) -> None:

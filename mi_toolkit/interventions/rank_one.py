@@ -26,7 +26,7 @@ True
 """
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -164,22 +164,29 @@ def mlp_keys(
 
 @torch.no_grad()
 def key_second_moment(
-    model: HookedTransformer, layer: int, batches: Iterable[tuple[Tensor, Tensor]]
-) -> Float[Tensor, "d_mlp d_mlp"]:
-    """``C = E[k k^T]`` of ``layer``'s MLP keys over every position that ``mask`` keeps, in float64.
+    model: HookedTransformer, layer: int | Sequence[int], batches: Iterable[tuple[Tensor, Tensor]]
+) -> Float[Tensor, "d_mlp d_mlp"] | dict[int, Float[Tensor, "d_mlp d_mlp"]]:
+    """``C = E[k k^T]`` of ``layer``'s MLP keys over every position that ``mask`` keeps, in float64; for a sequence
+    of layers, ``{layer: C}`` from one forward pass per batch (up to the last of them).
 
     Args:
         model: the model.
-        layer: the MLP's layer.
+        layer: the MLP's layer, or several.
         batches: ``(tokens [batch, pos], mask [batch, pos])`` pairs, e.g. the training data without its padding.
     """
-    name = get_act_name("post", layer)
-    total, count = None, 0
+    layers = [layer] if isinstance(layer, int) else list(layer)
+    if not layers:
+        raise ValueError("no layers given")
+    names = {get_act_name("post", index): index for index in layers}
+    totals, count = {}, 0
     for tokens, mask in batches:
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == name, stop_at_layer=layer + 1)
-        keys = cache[name][mask.to(torch.bool)].double()  # (n, d_mlp)
-        total = keys.T @ keys if total is None else total + keys.T @ keys
-        count += len(keys)
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, stop_at_layer=max(layers) + 1)
+        keep = mask.to(torch.bool)
+        for name, index in names.items():
+            keys = cache[name][keep].double()  # (n, d_mlp)
+            totals[index] = keys.T @ keys if index not in totals else totals[index] + keys.T @ keys
+        count += int(keep.sum())
     if not count:
         raise ValueError("no keys: the batches are empty or every position is masked")
-    return total / count
+    moments = {index: total / count for index, total in totals.items()}
+    return moments[layer] if isinstance(layer, int) else moments
