@@ -174,7 +174,8 @@ def key_second_moment(
         layer: the MLP's layer, or several.
         batches: ``(tokens [batch, pos], mask [batch, pos])`` pairs, e.g. the training data without its padding.
     """
-    layers = [layer] if isinstance(layer, int) else list(layer)
+    single = not isinstance(layer, Iterable)  # an int, or a numpy integer
+    layers = [int(layer)] if single else [int(index) for index in layer]
     if not layers:
         raise ValueError("no layers given")
     names = {get_act_name("post", index): index for index in layers}
@@ -189,4 +190,4 @@ def key_second_moment(
     if not count:
         raise ValueError("no keys: the batches are empty or every position is masked")
     moments = {index: total / count for index, total in totals.items()}
-    return moments[layer] if isinstance(layer, int) else moments
+    return moments[layers[0]] if single else moments
