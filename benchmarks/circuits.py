@@ -97,8 +97,7 @@ def ioi_spec(run):
     """The same for an IOI run: the logit difference, and for ACDC 1 - its normalised value (a distance)."""
     clean, corrupted, answer, subject = run.task.patching_pair(32)
     logit_diff = mt.metrics.logit_diff(answer, subject)
-    normalized = mt.metrics.normalized(logit_diff, run.model(clean), run.model(corrupted))
-    distance = mt.metrics.reads(-1)(lambda logits: 1 - normalized(logits))
+    distance = mt.metrics.normalized_distance(logit_diff, run.model(clean), run.model(corrupted))
     return run.model, clean, corrupted, logit_diff, distance, IOI_TAUS
 
 

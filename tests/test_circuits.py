@@ -501,8 +501,7 @@ def test_acdc_finds_a_small_faithful_circuit_in_the_shipped_models():
     ioi = mt.load_packaged("ioi")
     clean, corrupted, answer, subject = ioi.task.patching_pair(32)
     logit_diff = mt.metrics.logit_diff(answer, subject)
-    normalized = mt.metrics.normalized(logit_diff, ioi.model(clean), ioi.model(corrupted))
-    distance = mt.metrics.reads(-1)(lambda logits: 1 - normalized(logits))
+    distance = mt.metrics.normalized_distance(logit_diff, ioi.model(clean), ioi.model(corrupted))
     found = acdc(ioi.model, clean, corrupted, threshold=0.03, metric=distance)
     assert found.faithfulness >= 0.9 and found.edge_fraction <= 0.15
     # 1 - normalised logit difference is affine in the logit difference: the same faithfulness.

@@ -38,6 +38,11 @@ def test_metrics_against_direct_computation(tiny_mlp_ln_model, tiny_tokens):
     assert normalized(corrupted_logits).item() == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="cannot normalise"):
         metrics.normalized(metrics.loss(clean), clean_logits, clean_logits)
+    distance = metrics.normalized_distance(metrics.logit_diff(answer, wrong), clean_logits, corrupted_logits)
+    assert distance(clean_logits).item() == pytest.approx(0.0, abs=1e-6)
+    assert distance(corrupted_logits).item() == pytest.approx(1.0, abs=1e-6)
+    mixed = (clean_logits + corrupted_logits) / 2
+    assert distance(mixed).item() == pytest.approx(1 - normalized(mixed).item(), abs=1e-6)
 
 
 def test_metrics_declare_exactly_the_positions_they_read(tiny_tokens):
@@ -53,6 +58,7 @@ def test_metrics_declare_exactly_the_positions_they_read(tiny_tokens):
         metrics.loss(clean, positions=slice(2, 4)), metrics.loss(clean, positions=[0, 3]),
         metrics.kl_to_clean(other, positions=[1, 4]), metrics.kl_to_clean(other, None),
         metrics.normalized(metrics.loss(clean, positions=[1]), logits.detach(), other),
+        metrics.normalized_distance(metrics.loss(clean, positions=[1]), logits.detach(), other),
     ]
     for metric in cases:
         (grad,) = torch.autograd.grad(metric(logits), logits)
@@ -84,6 +90,7 @@ def test_every_metric_is_the_mean_of_its_per_example_values():
         metrics.loss(tokens), metrics.loss(tokens, positions=[1, 3]), metrics.kl_to_clean(clean),
         metrics.kl_to_clean(clean, positions=None),
         metrics.normalized(metrics.logit_diff(answers, other), clean, torch.zeros_like(clean)),
+        metrics.normalized_distance(metrics.logit_diff(answers, other), clean, torch.zeros_like(clean)),
     ]
     for metric in factories:
         values = metric.per_example(logits)

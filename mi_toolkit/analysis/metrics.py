@@ -24,7 +24,8 @@ from mi_toolkit.core.losses import next_token_loss
 from mi_toolkit.core.types import Logits, Metric, Positions, Tokens
 
 __all__ = [
-    "answer_loss", "kl_to_clean", "logit_diff", "loss", "normalized", "normalized_logit_diff", "probability", "reads",
+    "answer_loss", "kl_to_clean", "logit_diff", "loss", "normalized", "normalized_distance", "normalized_logit_diff",
+    "probability", "reads",
 ]
 
 def reads(positions: Positions | None) -> Callable[[Metric], Metric]:
@@ -199,6 +200,21 @@ def normalized(metric: Metric, clean_logits: Logits, corrupted_logits: Logits) -
     if hasattr(metric, "per_example"):
         rescaled.per_example = lambda logits: (metric.per_example(logits) - corrupted) / (clean - corrupted)
     return reads(getattr(metric, "positions", None))(rescaled)
+
+
+def normalized_distance(metric: Metric, clean_logits: Logits, corrupted_logits: Logits) -> Metric:
+    """``1 - normalized(metric, ...)``: 0 at the clean run, 1 at the corrupted run, lower is closer to clean: the
+    kind of metric :func:`mi_toolkit.analysis.circuits.acdc` minimises, made from a score where higher is better
+    (faithfulness under it equals faithfulness under ``metric``, the map being affine). Reads the positions
+    ``metric`` reads and carries ``per_example`` where ``metric`` does."""
+    score = normalized(metric, clean_logits, corrupted_logits)
+
+    def distance(logits: Logits) -> Float[Tensor, ""]:
+        return 1 - score(logits)
+
+    if hasattr(score, "per_example"):
+        distance.per_example = lambda logits: 1 - score.per_example(logits)
+    return reads(getattr(score, "positions", None))(distance)
 
 
 @renamed_kwargs(pos="positions")

@@ -88,7 +88,6 @@ def acdc(
         :class:`ACDCResult`.
     """
     _check_threshold(threshold)
-    check_inputs(model, clean_tokens, clean_tokens if corrupted_tokens is None else corrupted_tokens, [], None)
     started = time.perf_counter()
     graph, metric, ablated = _prepare(model, clean_tokens, corrupted_tokens, metric, ablation, seed)
     return _acdc(model, graph, clean_tokens, metric, ablated, threshold, max_rows, progress, started)
@@ -100,6 +99,8 @@ def _check_threshold(threshold: float) -> None:
 
 
 def _prepare(model, clean_tokens, corrupted_tokens, metric, ablation, seed):
+    """Check the inputs, then the graph, the metric (default KL to the clean run) and the senders' ablated outputs."""
+    check_inputs(model, clean_tokens, clean_tokens if corrupted_tokens is None else corrupted_tokens, [], None)
     graph = edge_graph(model)
     metric = kl_to_clean(model(clean_tokens)) if metric is None else metric
     return graph, metric, ablated_outputs(model, graph, clean_tokens, ablation, corrupted_tokens, seed=seed)
@@ -194,7 +195,6 @@ def acdc_sweep(
         raise ValueError("no thresholds given")
     for threshold in thresholds:
         _check_threshold(threshold)
-    check_inputs(model, clean_tokens, clean_tokens if corrupted_tokens is None else corrupted_tokens, [], None)
     graph, metric, ablated = _prepare(model, clean_tokens, corrupted_tokens, metric, ablation, seed)
     runs = tqdm(thresholds, disable=not progress, desc="ACDC sweep", dynamic_ncols=True)
     return ACDCSweep([_acdc(model, graph, clean_tokens, metric, ablated, t, max_rows, False) for t in runs])
