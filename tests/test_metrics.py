@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+from transformer_lens.utilities import lm_cross_entropy_loss
 
 from mi_toolkit import metrics
+from mi_toolkit.core.losses import next_token_loss
 
 # The engine's parser of a metric's declared positions, the thing these declarations feed (no public name).
 from mi_toolkit.analysis.patching._sweep import read_positions
@@ -43,6 +45,25 @@ def test_metrics_against_direct_computation(tiny_mlp_ln_model, tiny_tokens):
     assert distance(corrupted_logits).item() == pytest.approx(1.0, abs=1e-6)
     mixed = (clean_logits + corrupted_logits) / 2
     assert distance(mixed).item() == pytest.approx(1 - normalized(mixed).item(), abs=1e-6)
+
+
+def test_next_token_loss_against_transformer_lens(tiny_mlp_ln_model, tiny_tokens):
+    """Every position, shared indices and a per-sequence mask, values and gradients, against TransformerLens's own
+    per-token loss (an independent computation: log-softmax and a gather)."""
+    clean, _ = tiny_tokens
+    logits = tiny_mlp_ln_model(clean).detach()
+    mask = torch.tensor([[1, 0, 1, 1, 0], [0, 0, 1, 0, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    for positions, select in [(None, lambda t: t.mean()), ([1, 3], lambda t: t[:, [1, 3]].mean()),
+                              (mask, lambda t: t[mask].mean())]:
+        ours = logits.clone().requires_grad_()
+        theirs = logits.clone().requires_grad_()
+        loss = next_token_loss(ours, clean, positions)
+        expected = select(lm_cross_entropy_loss(theirs, clean, per_token=True))
+        torch.testing.assert_close(loss, expected)
+        loss.backward()
+        expected.backward()
+        torch.testing.assert_close(ours.grad, theirs.grad)
+        assert ours.grad[:, -1].abs().max() == 0  # the last position predicts nothing
 
 
 def test_metrics_declare_exactly_the_positions_they_read(tiny_tokens):

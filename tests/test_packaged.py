@@ -2,6 +2,7 @@
 accuracies recomputed here from the model and the task's own split, not read from the files); the command that
 lists and rebuilds them."""
 
+import dataclasses
 import json
 import shutil
 
@@ -58,6 +59,12 @@ def test_the_shipped_runs_were_trained_with_todays_defaults():
         assert record["task"]["frac_train"] == fraction, name
     assert load_packaged("ioi").config["train"] == _json(IOI.to_dict())
     assert load_packaged("induction").config["train"] == _json(INDUCTION.to_dict())
+    othello = mt.OthelloConfig()  # its analysis too (the probes' games): re-analyse after a change there
+    record = load_packaged("othello_6x6").config
+    assert record["config"] == _json(dataclasses.asdict(othello))
+    # Trained before autocast="auto" existed, as "bf16" on a CPU with bfloat16 instructions: what "auto" picks there.
+    assert othello.recipe.autocast == "auto" and record["train"]["autocast"] == "bf16"
+    assert record["train"] == _json({**othello.recipe.to_dict(), "autocast": "bf16"})
 
 
 @pytest.mark.parametrize("name", ["grokking_p113", "groups_S4"])

@@ -1,9 +1,11 @@
 """The trainer: exact resume after an interrupt, refused and corrupt checkpoints, divergence, schedules, recipes,
 Grokfast filters, and determinism."""
 
+import ctypes
 import json
-import warnings
 import math
+import platform
+import warnings
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ import torch
 import mi_toolkit as mt
 from mi_toolkit import ModularArithmetic, TrainConfig, train
 from mi_toolkit.core import CheckpointError
-from mi_toolkit.training import GrokfastEMA, GrokfastMA, TrainingDivergedError, list_checkpoints, muon, recipes
+from mi_toolkit.training import GrokfastEMA, GrokfastMA, TrainingDivergedError, heap, list_checkpoints, muon, recipes
 
 P = 11
 
@@ -465,3 +467,99 @@ def test_muon_groups_follow_the_modules_not_the_names():
     assert len(kinds) == len(names)  # every trainable parameter in exactly one group
     with pytest.raises(ValueError, match="input_dims"):
         muon.Muon([{"params": [model.other.W_in], "kind": "muon"}])
+
+
+
+class _RecordingLibc:
+    """Stands in for glibc: records ``mallopt`` and ``malloc_trim`` calls; ``mallopt`` answers ``accepts``."""
+
+    def __init__(self, accepts=1):
+        self.calls, self.accepts = [], accepts
+
+    def mallopt(self, param, value):
+        self.calls.append((param, value))
+        return self.accepts
+
+    def malloc_trim(self, pad):
+        self.calls.append(("trim", pad))
+        return 1
+
+
+def test_training_keeps_large_blocks_on_the_heap_while_it_trains(monkeypatch):
+    """Set before the first step, set to glibc's ceilings after the last; the same weights as a run without."""
+    libc = _RecordingLibc()
+    calls_at_steps = []
+
+    class Task(mt.ModularArithmetic):
+        def loss(self, model, batch):
+            calls_at_steps.append(list(libc.calls))
+            return super().loss(model, batch)
+
+    config = TrainConfig(steps=3, lr=1e-3, log_every=1000, checkpoint_every=1000)
+    weights = []
+    for glibc in (lambda: libc, heap.glibc, lambda: None):  # a recording one, the real C library, none
+        monkeypatch.setattr(heap, "glibc", glibc)
+        model = mt.make_grokking_model(p=7, seed=0)
+        train(model, Task(p=7, frac_train=0.5, seed=0), config, progress=False)
+        weights.append(model.state_dict())
+    for other in weights[1:]:
+        for name, value in weights[0].items():
+            assert torch.equal(value, other[name]), name
+    during, after = list(heap.DURING_TRAINING.items()), list(heap.AFTER_TRAINING.items())
+    assert calls_at_steps[:3] == [during] * 3
+    assert libc.calls == during + after + [("trim", 0)]
+
+
+def test_heap_settings_nest_survive_errors_and_respect_the_user(monkeypatch):
+    libc = _RecordingLibc()
+    monkeypatch.setattr(heap, "glibc", lambda: libc)
+    during, after = list(heap.DURING_TRAINING.items()), list(heap.AFTER_TRAINING.items())
+    with pytest.raises(RuntimeError, match="boom"):
+        with heap.large_blocks_on_heap("cpu"):
+            with heap.large_blocks_on_heap("cpu"):  # a run inside a run: the outer one keeps the setting
+                pass
+            assert libc.calls == during
+            raise RuntimeError("boom")
+    assert libc.calls == during + after + [("trim", 0)]  # set back after the error too
+    for kind, value in [("device", "meta"), ("env", "MALLOC_MMAP_THRESHOLD_"), ("tunables", "glibc.malloc.mxfast=0")]:
+        libc.calls.clear()
+        with monkeypatch.context() as patch:
+            if kind == "env":
+                patch.setenv(value, "1000000")
+            elif kind == "tunables":
+                patch.setenv("GLIBC_TUNABLES", value)
+            with heap.large_blocks_on_heap(value if kind == "device" else "cpu"):
+                pass
+        assert libc.calls == [], kind  # not a CPU, or the user tuned the allocator: untouched
+    refusing = _RecordingLibc(accepts=0)  # an older glibc refuses a 1 GiB threshold: nothing else is changed
+    monkeypatch.setattr(heap, "glibc", lambda: refusing)
+    with heap.large_blocks_on_heap("cpu"):
+        pass
+    assert refusing.calls == during[:1]
+
+
+def test_large_blocks_stay_on_the_real_heap_inside_only():
+    """Against the C library itself: a 64 MB tensor is mapped outside the block and comes from the heap inside."""
+    libc = heap.glibc()
+    if libc is None:  # not glibc: nothing to keep on its heap, and nothing is changed
+        assert platform.libc_ver()[0] != "glibc"
+        return
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")]
+
+    libc.mallinfo2.restype = MallInfo2
+
+    def mapped_by_a_64_mb_tensor() -> int:
+        before = libc.mallinfo2().hblkhd
+        block = torch.empty(64 << 20, dtype=torch.uint8)
+        grown = libc.mallinfo2().hblkhd - before
+        del block
+        return grown
+
+    assert mapped_by_a_64_mb_tensor() >= 64 << 20
+    with heap.large_blocks_on_heap("cpu"):
+        assert mapped_by_a_64_mb_tensor() == 0
+    assert mapped_by_a_64_mb_tensor() >= 64 << 20

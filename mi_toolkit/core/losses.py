@@ -12,6 +12,9 @@ from mi_toolkit.core.types import Positions
 
 __all__ = ["answer_loss", "next_token_loss"]
 
+_IGNORED = -100
+"""The target index that ``F.cross_entropy`` skips."""
+
 
 def answer_loss(
     logits: Float[Tensor, "n d_vocab_out"], answers: Int[Tensor, " n"], *, dtype: torch.dtype | None = None
@@ -42,9 +45,14 @@ def next_token_loss(
         positions: the predicting positions (in ``0 .. pos - 2``): indices shared by every sequence, a boolean
             mask ``[batch, pos - 1]`` per sequence, or None for all.
     """
+    if positions is None:
+        # Every position: the last one's target is ignored rather than its logits sliced off, which spares a copy of
+        # the logits and a zero-filled gradient of their size (a language model's step: 0.49 -> 0.41 s; README).
+        targets = torch.full_like(tokens, _IGNORED, dtype=torch.long)
+        targets[:, :-1] = tokens[:, 1:]
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=_IGNORED)
     predicting, targets = logits[:, :-1], tokens[:, 1:]
     if isinstance(positions, Tensor) and positions.dtype == torch.bool:
         return answer_loss(predicting[positions], targets[positions])
-    if positions is not None:
-        predicting, targets = predicting[:, positions], targets[:, positions]
+    predicting, targets = predicting[:, positions], targets[:, positions]
     return answer_loss(predicting.flatten(0, 1), targets.flatten())

@@ -66,7 +66,10 @@ class OthelloConfig:
         seed: seeds the model, the training games (``OthelloTask.seed``) and the analysis games.
         steps: override the recipe's number of steps (a batch of fresh games each).
         batch_size: games per step.
-        probe_games: games for the probes (apart from the training and evaluation games).
+        probe_games: games for the probes (apart from the training and evaluation games; a fifth held out). With
+            10,000 the logistic probe's held-out accuracy matches its training accuracy (95.06% against 95.07% at
+            layer 2 of the shipped model); with 3,000 it fell 0.39 points short of it (94.68%), a probe limited by
+            its data rather than by the model (README "Othello").
         edit_cases: flip cases of the intervention test.
         edit_from: the first layer whose ``resid_post`` the probe edit changes (it changes every layer from there
             on); default ``n_layers // 4`` (layer 1 of 4: within 0.01 errors per case of starting at layer 0, well
@@ -81,7 +84,7 @@ class OthelloConfig:
     seed: int = 0
     steps: int | None = None
     batch_size: int = 256
-    probe_games: int = 3000
+    probe_games: int = 10_000
     edit_cases: int = 500
     edit_from: int | None = None
     edit_margin: float = 2.0

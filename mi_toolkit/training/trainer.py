@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from mi_toolkit.core.tl import Embed, PosEmbed, Unembed
 from mi_toolkit.training.checkpoints import TrainState, list_checkpoints
 from mi_toolkit.training.grokfast import make_filter
+from mi_toolkit.training.heap import large_blocks_on_heap
 from mi_toolkit.training.muon import Muon, muon_param_groups, native_bfloat16
 
 __all__ = ["Task", "TrainConfig", "TrainResult", "TrainingDivergedError", "list_checkpoints", "train"]
@@ -203,11 +204,14 @@ def train(
     Returns:
         The metrics history and where the run started and ended.
 
+    On a CPU under glibc, blocks of up to 1 GiB stay on the heap while it trains, a process-wide allocator setting
+    (:mod:`~mi_toolkit.training.heap`: the language model's steps 1.5x faster, the same numbers).
+
     Raises:
         TrainingDivergedError: the loss became NaN/inf (the last checkpoint in ``run_dir`` stays intact).
         CheckpointError: ``run_dir`` holds a checkpoint of a different configuration or a corrupt one.
     """
-    with _deterministic_algorithms():
+    with _deterministic_algorithms(), large_blocks_on_heap(_device(model)):
         return _train(model, task, config, run_dir, progress, measures, measures_every, stop, lr_scale,
                       embedding_decay_scale)
 
@@ -226,6 +230,11 @@ def _deterministic_algorithms():
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
+def _device(model: nn.Module) -> torch.device:
+    """Where ``model``'s first trainable parameter lives (the CPU for a model with none)."""
+    return next((p.device for p in model.parameters() if p.requires_grad), torch.device("cpu"))
+
+
 def _embedding_parameters(model: nn.Module) -> list[Tensor]:
     """The trainable parameters of ``model``'s embedding, positional-embedding and unembedding modules."""
     return [param for module in model.modules() if isinstance(module, (Embed, PosEmbed, Unembed))
@@ -236,7 +245,7 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, run_dir: str | Pat
            measures, measures_every, stop, lr_scale, embedding_decay_scale) -> TrainResult:
     started = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
-    device = params[0].device if params else torch.device("cpu")
+    device = _device(model)
     device_type = device.type
     if config.autocast == "bf16" and device_type not in ("cpu", "cuda"):
         raise ValueError(f"autocast={config.autocast!r} is supported on cpu and cuda, not {device_type}")
